@@ -53,6 +53,9 @@ class TokenLayout:
       "sensor_gsd": metres covered by one patch of that sensor / reference_gsd (design card);
       "patch": gsd * P / reference_gsd with one scalar gsd (latest original);
       "unit": gsd / reference_gsd (v1 original).
+    ground_aligned_patches: a patch of a sensor stored finer than the 10 m grid (naip_10)
+    spans as many more pixels, so every sensor's patches cover the same ground (the
+    original cuts P stored pixels whatever the sensor; the reference presets keep that).
     """
 
     sensor_labels: tuple[str, ...]
@@ -62,6 +65,7 @@ class TokenLayout:
     patch_resize: PatchResize = "input"
     position_scale: PositionScale = "patch"
     reference_gsd: float = sensors.REFERENCE_GSD
+    ground_aligned_patches: bool = True
 
     def __post_init__(self):
         if not self.sensor_labels:
@@ -125,7 +129,9 @@ class TokenLayout:
         return len(group.channels) * self.base_patch_size**2
 
     def patch_pixels(self, label: str, patch_size: int) -> int:
-        """Stored pixels per patch side: sensors stored finer than the 10 m grid use more."""
+        """Stored pixels per patch side (see ground_aligned_patches)."""
+        if not self.ground_aligned_patches:
+            return patch_size
         return patch_size * sensors.get(label).pixels_per_base_pixel
 
     def pos_scale(self, label: str, patch_size: int, gsd: float | None = None) -> float:
@@ -205,6 +211,8 @@ def month_sincos(months, time, xp=np):
     time = np.asarray(time)
     if months is None:
         return xp.zeros(time.shape + (2,), xp.float32)
+    if isinstance(months, np.ndarray) and months.size and (months.min() < 0 or months.max() > 11):
+        raise ValueError(f"month indices must be in 0..11, got {months.min()}..{months.max()}")
     angle = 2.0 * math.pi * xp.asarray(months).astype(xp.float32) / 12.0
     raw = xp.stack([xp.sin(angle), xp.cos(angle)], axis=-1)  # (..., T_m, 2)
     t_m = raw.shape[-2]

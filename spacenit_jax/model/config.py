@@ -89,6 +89,8 @@ class ModelConfig:
             raise ValueError(f"the cross decoder's sin-cos encodings need embed_dim % 8 == 0, got {d}")
         if self.ffn not in ("swiglu", "gelu") or self.norm not in ("rms", "layer"):
             raise ValueError(f"unknown ffn {self.ffn!r} or norm {self.norm!r}")
+        if not self.prenorm and self.drop_path > 0:
+            raise ValueError("drop_path needs pre-norm blocks (the post-norm v1 block has none)")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"remat must be none|full|dots, got {self.remat!r}")
 
@@ -122,13 +124,15 @@ def make_config(preset: str = "design_card", size: str = "nano",
     d, depth, heads, dec_depth, dec_heads = SIZES[size]
     layout_kw = {k: overrides.pop(k) for k in list(overrides)
                  if k in ("base_patch_size", "spectral_groups", "custom_groups",
-                          "patch_resize", "position_scale", "reference_gsd")}
+                          "patch_resize", "position_scale", "reference_gsd",
+                          "ground_aligned_patches")}
+    d = overrides.get("embed_dim", d)
     common = dict(embed_dim=d, depth=depth, num_heads=heads, decoder_depth=dec_depth,
                   decoder_num_heads=dec_heads)
     if preset == "reference_head":
         layout = TokenLayout(tuple(sensor_labels), **{
             "base_patch_size": 8, "spectral_groups": True, "patch_resize": "input",
-            "position_scale": "patch", **layout_kw})
+            "position_scale": "patch", "ground_aligned_patches": False, **layout_kw})
         cfg = dict(common, ffn_expansion=4.0, ffn="gelu", norm="layer", norm_eps=1e-5,
                    prenorm=True, bias=True, drop_path=0.1, decoder="cross",
                    decoder_ffn_expansion=8 / 3, projection_dim=d, ema_momentum=1.0,
@@ -136,7 +140,7 @@ def make_config(preset: str = "design_card", size: str = "nano",
     elif preset == "reference_v1":
         layout = TokenLayout(tuple(sensor_labels), **{
             "base_patch_size": 16, "spectral_groups": False, "patch_resize": "weight",
-            "position_scale": "unit", **layout_kw})
+            "position_scale": "unit", "ground_aligned_patches": False, **layout_kw})
         cfg = dict(common, ffn_expansion=4.0, ffn="swiglu", norm="rms", norm_eps=1e-6,
                    prenorm=False, bias=False, drop_path=0.0, decoder="v1",
                    decoder_ffn_expansion=8 / 3, projection_dim=256, ema_momentum=0.996,
@@ -154,3 +158,26 @@ def make_config(preset: str = "design_card", size: str = "nano",
         raise ValueError(f"unknown preset {preset!r}; known: {PRESETS}")
     cfg.update(overrides)
     return ModelConfig(layout=layout, preset=preset, **cfg)
+
+
+def config_to_dict(cfg: ModelConfig) -> dict:
+    """JSON-safe dict of a ModelConfig (the layout nested under "layout")."""
+    out = dataclasses.asdict(cfg)
+    layout = out["layout"]
+    layout["sensor_labels"] = list(layout["sensor_labels"])
+    layout["custom_groups"] = [[label, [list(g) for g in groups]]
+                               for label, groups in layout["custom_groups"]]
+    return out
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    d = dict(d)
+    layout = dict(d.pop("layout"))
+    layout["sensor_labels"] = tuple(layout["sensor_labels"])
+    layout["custom_groups"] = tuple((label, tuple(tuple(g) for g in groups))
+                                    for label, groups in layout.get("custom_groups", ()))
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown model config fields {unknown}")
+    return ModelConfig(layout=TokenLayout(**layout), **d)

@@ -36,7 +36,7 @@ class CrossDecoder(nnx.Module):
         self.dim = d
         self.mask_token = layers.param(0.02 * _normal(rngs, (d,)), ("embed",))
         self.input_norm = layers.make_norm(cfg.norm, d, cfg.norm_eps)
-        self.embed = layers.Dense(d, d, bias=cfg.bias, rngs=rngs, axes=("embed", "embed2"))
+        self.embed = layers.Dense(d, d, bias=True, rngs=rngs, axes=("embed", "embed2"))
         self.month_embed = layers.Dense(2, d, bias=False, rngs=rngs, axes=(None, "embed"))
         self.sensor_embed = layers.Embed(len(cfg.sensor_labels), d, rngs=rngs)
         self.blocks = layers.Stack(
