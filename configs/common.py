@@ -1,0 +1,124 @@
+"""Shared pieces of the pretraining configs (ml_collections `get_config(arg)` files).
+
+`arg` is a comma-separated list of `key=value` or bare flags, e.g. "size=nano,smoke"
+(big_vision style). Any field can then be overridden on the command line with
+`--config.total_steps=100`; unknown fields are errors (the config is locked).
+"""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict, config_dict
+
+from spacenit_jax import sensors
+
+
+def parse_arg(arg: str | None, **defaults) -> ConfigDict:
+    """'size=base,smoke' -> ConfigDict(size='base', smoke=True) over the defaults."""
+    out = dict(defaults)
+    for part in filter(None, (arg or "").split(",")):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+        if not sep:
+            out[key] = True
+        elif isinstance(defaults[key], bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        else:
+            out[key] = type(defaults[key])(value)
+    return ConfigDict(out)
+
+
+def _model_overrides() -> ConfigDict:
+    """Fields that override the preset's defaults when set (None: the preset's value)."""
+    return ConfigDict({
+        "embed_dim": config_dict.placeholder(int),
+        "depth": config_dict.placeholder(int),
+        "num_heads": config_dict.placeholder(int),
+        "num_kv_heads": config_dict.placeholder(int),
+        "decoder_depth": config_dict.placeholder(int),
+        "decoder_num_heads": config_dict.placeholder(int),
+        "decoder_num_kv_heads": config_dict.placeholder(int),
+        "drop_path": config_dict.placeholder(float),
+        "projection_dim": config_dict.placeholder(int),
+        "ema_momentum": config_dict.placeholder(float),
+        "ema_momentum_end": config_dict.placeholder(float),
+        "ema_warmup_steps": config_dict.placeholder(int),
+        "base_patch_size": config_dict.placeholder(int),
+    })
+
+
+def base_config(preset: str, size: str, smoke: bool, objective: str) -> ConfigDict:
+    c = ConfigDict()
+    c.seed = 0
+    c.total_steps = 300_000
+    c.microbatches = 1
+    c.log_every = 10
+    c.init_from = ""  # a workdir / params checkpoint to initialise parameters from
+    c.peak_flops_per_device = 989e12  # H100 SXM dense bf16; set for your accelerator
+    c.max_nonfinite_steps = 20  # consecutive skipped updates before stopping
+    c.stop_at_step = 0  # >0: checkpoint and stop there as if preempted (time-limited jobs)
+    c.model = ConfigDict({
+        "preset": preset, "size": size, "sensor_labels": list(sensors.OFFICIAL_SENSORS),
+        "overrides": _model_overrides(), "compute_dtype": "float32", "scan_layers": False,
+        "remat": "none", "attention_impl": config_dict.placeholder(str),
+    })
+    c.objective = ConfigDict({
+        "name": objective, "patch_disc_tau": 0.1, "patch_disc_pred2unit": False,
+        "patch_disc_weight": 1.0, "contrastive_temperature": 0.1, "contrastive_weight": 0.1,
+        "learn_temperature": False, "uniformity_weight": 0.0, "smooth_l1_beta": 1.0,
+        "latent_weight": 1.0, "reconstruction_loss": "mse", "reconstruction_weight": 0.5,
+        "normalize_target": True, "target_train_mode": False,
+    })
+    c.optimizer = ConfigDict({
+        "lr": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.02,
+        "warmup_steps": 8000, "final_lr_fraction": 0.1, "max_grad_norm": 1.0,
+        "decay_norms_and_biases": True,
+    })
+    c.data = ConfigDict({
+        "path": "",  # empty: generate the synthetic H5 dataset into <workdir>/data
+        "synthetic_samples": 4096, "synthetic_tile_size": 64,
+        "token_budget": 2250, "patch_sizes": list(range(1, 9)), "hw_p_list": list(range(1, 13)),
+        "rows": 16,  # rows per process and step
+        "row_length": config_dict.placeholder(int),
+        "masking": {"type": "cross_sensor_random", "base_encode_ratio": 0.5,
+                    "base_decode_ratio": 0.5,
+                    "decode_only_sensors": list(sensors.OFFICIAL_DECODE_ONLY)},
+        "augmentation": "dihedral", "normalize": True, "num_workers": 4,
+        "bad_sample_policy": "raise", "dtype": "float32",
+    })
+    c.mesh = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.checkpoint = ConfigDict({"every": 1000, "keep": 3,
+                               "keep_every": config_dict.placeholder(int), "async_save": True})
+    c.wandb = ConfigDict({"mode": "offline", "project": "spacenit-jax",
+                          "entity": config_dict.placeholder(str)})
+    c.eval = ConfigDict({"every": 0, "tasks": []})
+    if smoke:
+        shrink(c)
+    return c
+
+
+def shrink(c: ConfigDict) -> None:
+    """Smoke settings: a tiny model, a small synthetic dataset, a few steps, CPU-friendly."""
+    c.total_steps = 20
+    c.log_every = 1
+    c.model.sensor_labels = ["sentinel2_l2a", "sentinel1", "worldcover", "srtm"]
+    c.model.overrides.embed_dim = 64
+    c.model.overrides.depth = 2
+    c.model.overrides.num_heads = 4
+    c.model.overrides.decoder_depth = 1
+    c.model.overrides.decoder_num_heads = 4
+    c.model.overrides.num_kv_heads = 2 if c.model.preset == "design_card" else None
+    c.model.overrides.decoder_num_kv_heads = 2 if c.model.preset == "design_card" else None
+    c.optimizer.lr = 1e-3
+    c.optimizer.warmup_steps = 2
+    c.data.synthetic_samples = 64
+    c.data.synthetic_tile_size = 32
+    c.data.token_budget = 200
+    c.data.patch_sizes = [2, 4, 8]
+    c.data.hw_p_list = [1, 2, 3, 4]
+    c.data.rows = 8  # divisible by 1, 2, 4 or 8 devices
+    c.data.num_workers = 0
+    c.data.masking.decode_only_sensors = ["worldcover", "srtm"]
+    c.checkpoint.every = 10
+    c.checkpoint.async_save = False

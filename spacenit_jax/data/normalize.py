@@ -1,0 +1,116 @@
+"""Per-band normalisation with the original's statistics (spec data §3, §2.5 steps 6-7).
+
+Two strategies, tried in this order per sensor (the original's dataset policy):
+  COMPUTED   (norm_stats/computed.json, mean/std): y = (x - (mean - 2 std)) / (4 std),
+             i.e. [mean - 2 std, mean + 2 std] -> [0, 1], no clipping;
+  PREDEFINED (norm_stats/predefined.json, min/max): y = (x - min) / (max - min),
+used when the sensor label is not in computed.json. A band missing from the sensor's
+entry is an error (no fallback), as in the original.
+
+ABSENT (-99999) cells are preserved exactly (the masker must still see them), a fully
+ABSENT sensor is not touched, and NaN/+-Inf become 0 after standardisation. The
+arithmetic is float64 (NumPy promotion with Python-float statistics in the original)
+and the result is cast to the pipeline dtype.
+
+The JSON files are the spec's tables. Where the spec gives no sample count for a band
+(worldcover, srtm, era5_10, naip, naip_10) "count" and "var" are null; only mean/std are
+used. "var" is the original's accumulated sum of squared deviations (std**2 * count).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+from collections.abc import Mapping
+
+import numpy as np
+
+from spacenit_jax import sensors
+from spacenit_jax.sensors import ABSENT
+
+STD_MULTIPLIER = 2.0
+
+
+@functools.cache
+def load_stats(name: str) -> dict:
+    """The packaged statistics file `name` ("computed" or "predefined")."""
+    if name not in ("computed", "predefined"):
+        raise ValueError(f"unknown statistics file {name!r}; known: computed, predefined")
+    text = (importlib.resources.files("spacenit_jax.data") / "norm_stats" / f"{name}.json"
+            ).read_text()
+    return json.loads(text)
+
+
+@functools.cache
+def band_range(label: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(lo, hi, strategy) per band in the sensor's band order: y = (x - lo) / (hi - lo)."""
+    bands = sensors.get(label).bands
+    computed = load_stats("computed")
+    if label in computed:
+        entry, strategy = computed[label], "computed"
+    else:
+        predefined = load_stats("predefined")
+        if label not in predefined:
+            raise KeyError(
+                f"no normalisation statistics for sensor {label!r} in computed.json or "
+                "predefined.json")
+        entry, strategy = predefined[label], "predefined"
+    lo, hi = [], []
+    for band in bands:
+        if band not in entry:
+            raise KeyError(
+                f"{strategy}.json: sensor {label!r} has no statistics for band {band!r} "
+                f"(has {list(entry)})")
+        st = entry[band]
+        if strategy == "computed":
+            mean, std = float(st["mean"]), float(st["std"])
+            lo.append(mean - STD_MULTIPLIER * std)
+            hi.append(mean + STD_MULTIPLIER * std)
+        else:
+            lo.append(float(st["min"]))
+            hi.append(float(st["max"]))
+    lo_a, hi_a = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    if np.any(hi_a <= lo_a):
+        raise ValueError(f"{strategy}.json: sensor {label!r} has a band with max <= min")
+    lo_a.setflags(write=False)
+    hi_a.setflags(write=False)
+    return lo_a, hi_a, strategy
+
+
+def _finite(y: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(y)
+    if bad.any():
+        y = np.where(bad, 0, y)
+    return y
+
+
+def normalize_array(label: str, x: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Normalise one sensor array (channel-last, band order of the registry)."""
+    spec = sensors.get(label)
+    if x.shape[-1] != spec.num_channels:
+        raise ValueError(
+            f"sensor {label!r}: expected {spec.num_channels} channels in the last axis for "
+            f"normalisation, got shape {x.shape}")
+    absent = x == ABSENT
+    if absent.all():  # a fully missing sensor is left untouched
+        return x.astype(dtype, copy=False)
+    lo, hi, _ = band_range(label)
+    y = (x.astype(np.float64) - lo) / (hi - lo)
+    if absent.any():
+        y[absent] = ABSENT
+    return _finite(y).astype(dtype)
+
+
+def clean_array(x: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Step 7 for every array: cast and NaN/+-Inf -> 0 (ABSENT kept)."""
+    return _finite(np.asarray(x)).astype(dtype, copy=False)
+
+
+def normalize_sample(arrays: Mapping[str, np.ndarray], dtype=np.float32,
+                     enabled: bool = True) -> dict[str, np.ndarray]:
+    """Normalise (if enabled) and clean every sensor array of a sample."""
+    out = {}
+    for label, x in arrays.items():
+        out[label] = normalize_array(label, x, dtype) if enabled else clean_array(x, dtype)
+    return out

@@ -1,0 +1,481 @@
+"""Features of a (pretrained) model for kNN, linear probes and fine-tuning (spec §9.1).
+
+What is extracted, by `FeatureConfig`:
+
+- representation: "encoder" (default; the online encoder, or the model itself when it is a
+  bare Encoder), "target_encoder" (the EMA target), "projection" (the reference's
+  contrastive-mode features: target_proj of the pooled target-encoder tokens, falling back to
+  online_proj of the pooled online tokens when the model has no target) or
+  "online_projection" (online_proj of the pooled online tokens). The reference's aliases
+  "backbone", "ema" and "proj" are accepted.
+- pooling: "mean" (default) or "max" over patch tokens, "attention" (a PoolingHead: the
+  model's own `pool` when it has one, otherwise a freshly initialised head, which is
+  *untrained* and only meaningful after fine-tuning), "tokens" (the raw patch tokens
+  (B, N_patch, D) in the encoder's order, ABSENT ones zeroed) or "spatial" (one feature per
+  patch position (B, Hp*Wp, D), the mean over that position's groups, timesteps and sensors:
+  the input of the segmentation probe). Sensor-type tokens are never pooled, whatever the
+  preset (the reference's eval adapter excludes them), and neither are ABSENT tokens.
+- ABSENT tokens (every underlying pixel = -99999, spec §6.5) are found on the device from the
+  images and marked ABSENT in the view's visibility mask, so the encoder does not see them;
+  a sensor whose tokens are all ABSENT also loses its type token.
+- patch_size (default 4, the task default), months (off by default: the reference's eval
+  passes no month indices), gsd (None: each sensor's default).
+
+How it runs: the batch is split over a 1-D mesh of all devices when the batch size divides
+by the device count (otherwise it runs on the first device); parameters are replicated
+(arrays already spread over the mesh's devices are left where they are). The forward is one
+module-level `jax.jit` with the model's graph definition as a static argument, so one program
+is compiled per (model structure, input shape, options) and reused by every extractor, every
+split and every in-loop evaluation of a run. The last batch is padded to the batch size by
+repeating its last sample and the padding is dropped, so a split needs one shape only.
+`trace_count()` counts traces, for tests.
+
+Single process only: with several JAX processes the outputs are gathered with
+`multihost_utils.process_allgather`, but every process must feed the same batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from collections.abc import Mapping
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from spacenit_jax import sensors
+from spacenit_jax.model import heads, models
+from spacenit_jax.model.config import ModelConfig
+from spacenit_jax.tokenization import SensorGrid, sample_tokens
+
+log = logging.getLogger(__name__)
+
+REPRESENTATIONS = ("encoder", "target_encoder", "projection", "online_projection")
+_REPRESENTATION_ALIASES = {"backbone": "encoder", "ema": "target_encoder", "proj": "projection"}
+POOLINGS = ("mean", "max", "attention", "tokens", "spatial")
+POOLED = ("mean", "max", "attention")  # poolings that give one vector per sample
+
+_TRACES: collections.Counter = collections.Counter()
+
+
+def trace_count(name: str = "extract") -> int:
+    """How often the jitted function `name` ("extract", "finetune_train") has been traced."""
+    return _TRACES[name]
+
+
+def canonical_representation(name: str) -> str:
+    key = _REPRESENTATION_ALIASES.get(name, name)
+    if key not in REPRESENTATIONS:
+        raise ValueError(f"unknown representation {name!r}; expected one of {REPRESENTATIONS} "
+                         f"(or an alias {sorted(_REPRESENTATION_ALIASES)})")
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """What to extract (see the module docstring)."""
+
+    representation: str = "encoder"
+    pooling: str = "mean"
+    patch_size: int = 4
+    batch_size: int = 128
+    use_months: bool = False  # True: month index of each sample's timestamps (off in the reference)
+    gsd: float | None = None  # metres per pixel for every sensor; None = each sensor's own
+    pool_seed: int = 0  # init of a fresh (untrained) attention-pooling head
+
+    def __post_init__(self):
+        object.__setattr__(self, "representation", canonical_representation(self.representation))
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"FeatureConfig.pooling must be one of {POOLINGS}, got "
+                             f"{self.pooling!r}")
+        if self.patch_size < 1 or self.batch_size < 1:
+            raise ValueError(f"FeatureConfig: patch_size and batch_size must be >= 1, got "
+                             f"{self.patch_size} and {self.batch_size}")
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeOptions:
+    """Static (hashable) settings of the jitted forward."""
+
+    cfg: ModelConfig
+    patch_size: int
+    pooling: str
+    gsd: float | None = None
+
+
+def _as_temporal(img):
+    return img if img.ndim == 5 else img[:, :, :, None, :]
+
+
+def absent_visibility(cfg: ModelConfig, images: Mapping[str, jax.Array], patch_size: int):
+    """(visibility (B, N) int32 with ABSENT where every pixel of a patch is -99999, else
+    VISIBLE, in the encoder's token order; the token ids; {label: (Hp, Wp)}).
+
+    Uses the same ids as `image_tokens` (`sample_tokens` over the same grids), so the mask
+    lines up with the tokens by construction.
+    """
+    layout = cfg.layout
+    grids, absent = {}, {}
+    for label in layout.sensor_labels:
+        if label not in images:
+            continue
+        temporal = images[label].ndim == 5
+        img = _as_temporal(images[label])
+        b, h, w, t, c = img.shape
+        pix = layout.patch_pixels(label, patch_size)
+        hp, wp = h // pix, w // pix
+        cells = img[:, : hp * pix, : wp * pix].reshape(b, hp, pix, wp, pix, t, c)
+        flags = jnp.all(cells == sensors.ABSENT, axis=(2, 4, 6))  # (B, Hp, Wp, T)
+        absent[label] = jnp.transpose(flags, (0, 3, 1, 2)).reshape(b, t * hp * wp)
+        grids[label] = SensorGrid(hp, wp, t, temporal)
+    unknown = sorted(set(images) - set(grids))
+    if unknown or not grids:
+        raise KeyError(f"sensor images {unknown or list(images)} are not configured for this "
+                       f"model; configured: {list(layout.sensor_labels)}")
+    ids = sample_tokens(layout, grids)
+    b = next(iter(absent.values())).shape[0]
+    vis = jnp.full((b, ids.sensor.shape[0]), models.VISIBLE, jnp.int32)
+    for label, flags in absent.items():
+        sid = layout.sensor_id(label)
+        patch_idx = np.flatnonzero((ids.sensor == sid) & (ids.group >= 0))
+        type_idx = np.flatnonzero((ids.sensor == sid) & (ids.group < 0))
+        state = jnp.where(flags[:, ids.patch[patch_idx]], models.ABSENT, models.VISIBLE)
+        vis = vis.at[:, patch_idx].set(state)
+        whole = jnp.where(jnp.all(flags, axis=1), models.ABSENT, models.VISIBLE)
+        vis = vis.at[:, type_idx].set(whole[:, None])
+    return vis, ids, {k: (g.hp, g.wp) for k, g in grids.items()}
+
+
+def pool_tokens(x, stream, pooling: str, *, ids=None, grids=None, pool_head=None):
+    """Pool encoder outputs x (B, N, D) over present patch tokens (see module docstring)."""
+    patch = (stream.segment >= 0) & (stream.group >= 0)
+    if pooling == "mean":
+        return heads.segment_mean(x, stream.segment, patch, 1)[0][:, 0]
+    if pooling == "max":
+        masked = jnp.where(patch[..., None], x, jnp.asarray(-jnp.inf, x.dtype))
+        return jnp.where(jnp.any(patch, axis=1)[:, None], jnp.max(masked, axis=1),
+                         jnp.zeros((), x.dtype))
+    if pooling == "attention":
+        if pool_head is None:
+            raise ValueError("attention pooling needs a PoolingHead")
+        return pool_head(x, stream.segment, 1, include=patch)[:, 0]
+    if pooling == "tokens":
+        idx = np.flatnonzero(ids.group >= 0)
+        return jnp.where(patch[:, idx, None], x[:, idx], jnp.zeros((), x.dtype))
+    if pooling == "spatial":
+        shapes = set(grids.values())
+        if len(shapes) != 1:
+            raise ValueError(f"spatial pooling needs one patch grid for every sensor, got {grids}")
+        hp, wp = shapes.pop()
+        slot = jnp.where(patch, stream.row * wp + stream.col, -1)
+        return heads.segment_mean(x, slot, patch, hp * wp)[0]
+    raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+
+
+class FeatureParts(nnx.Module):
+    """The modules a representation needs: an encoder, optional projection and pooling head."""
+
+    def __init__(self, encoder, proj=None, pool=None):
+        self.encoder, self.proj, self.pool = encoder, proj, pool
+
+
+def encode_and_pool(parts: FeatureParts, images, months, opts: EncodeOptions, *,
+                    deterministic: bool = True, rng=None):
+    """Encode images (dict label -> (B,H,W,T,C)) and pool; float32 features."""
+    vis, ids, grids = absent_visibility(opts.cfg, images, opts.patch_size)
+    view = models.view_from_images(opts.cfg, images, visibility=vis, patch_size=opts.patch_size,
+                                   months=months, gsd=opts.gsd)
+    x, stream = parts.encoder(view.patches, view.tokens, view.online,
+                              deterministic=deterministic, rng=rng)
+    feats = pool_tokens(x, stream, opts.pooling, ids=ids, grids=grids, pool_head=parts.pool)
+    if parts.proj is not None:
+        feats = parts.proj(feats)
+    return feats.astype(jnp.float32)
+
+
+def model_config_of(model) -> ModelConfig:
+    cfg = getattr(model, "cfg", None)
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"{type(model).__name__} has no ModelConfig `cfg`; expected a SpaceNit "
+                        "model (LatentPredictor, Encoder, ...)")
+    return cfg
+
+
+def build_parts(model, representation: str = "encoder", pooling: str = "mean", *,
+                pool_head=None, pool_seed: int = 0) -> FeatureParts:
+    """Pick the modules of `representation` out of a model (no copies)."""
+    representation = canonical_representation(representation)
+    cfg = model_config_of(model)
+    kind = type(model).__name__
+
+    def sub(name):
+        module = getattr(model, name, None)
+        if module is None:
+            raise ValueError(f"representation {representation!r} needs `{name}`, which a "
+                             f"{kind} does not have")
+        return module
+
+    online = model if hasattr(model, "tokenizer") else sub("encoder")
+    proj = None
+    if representation == "encoder":
+        encoder = online
+    elif representation == "target_encoder":
+        encoder = sub("target_encoder")
+    elif representation == "projection":
+        if getattr(model, "target_encoder", None) is not None and hasattr(model, "target_proj"):
+            encoder, proj = model.target_encoder, model.target_proj
+        else:
+            encoder, proj = online, sub("online_proj")
+    else:
+        encoder, proj = online, sub("online_proj")
+    pool = None
+    if pooling == "attention":
+        pool = pool_head if pool_head is not None else getattr(model, "pool", None)
+        if not isinstance(pool, heads.PoolingHead):
+            pool = fresh_pool_head(cfg, pool_seed)
+    return FeatureParts(encoder, proj, pool)
+
+
+def fresh_pool_head(cfg: ModelConfig, seed: int = 0) -> heads.PoolingHead:
+    """An untrained PoolingHead, drawn on the host with the module's init distributions
+    (query N(0, 0.02^2), kernels U(+-1/sqrt(fan_in)), norm scale 1): eager device init
+    would compile one small program per parameter shape."""
+
+    def build():
+        return heads.PoolingHead(cfg.embed_dim, cfg.pooling_heads, rngs=nnx.Rngs(params=seed))
+
+    graphdef, state = nnx.split(nnx.eval_shape(build))
+    rng = np.random.default_rng([seed, 7])
+
+    def init(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "query":
+            return rng.normal(0.0, 0.02, leaf.shape).astype(leaf.dtype)
+        if name == "scale":
+            return np.ones(leaf.shape, leaf.dtype)
+        if name in ("kernel", "bias"):
+            fan_in = leaf.shape[0] if name == "kernel" else cfg.embed_dim
+            bound = 1.0 / np.sqrt(fan_in)
+            return rng.uniform(-bound, bound, leaf.shape).astype(leaf.dtype)
+        raise KeyError(name)
+
+    try:
+        state = jax.tree_util.tree_map_with_path(lambda p, x: jnp.asarray(init(p, x)), state)
+    except KeyError:  # a parameter this function does not know: use the module's own init
+        return build()
+    return nnx.merge(graphdef, state)
+
+
+@partial(jax.jit, static_argnums=(0, 4))
+def _extract_batch(graphdef, state, images, months, opts: EncodeOptions):
+    _TRACES["extract"] += 1  # runs once per trace
+    return encode_and_pool(nnx.merge(graphdef, state), images, months, opts)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class ArraySplit:
+    """A split held in memory: images (N, H, W, T, C) of one sensor, labels, months (N, T)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    sensor: str
+    months: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.images.ndim != 5 or self.images.shape[0] != self.labels.shape[0]:
+            raise ValueError(f"ArraySplit: images must be (N, H, W, T, C) with one label per "
+                             f"image, got {self.images.shape} and labels {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @classmethod
+    def from_dataset(cls, dataset) -> ArraySplit:
+        """Load a dataset of EvalSamples (GeoBench, synthetic) into memory."""
+        images, labels, months, sensor = _stack(dataset, 0, len(dataset))
+        return cls(images, labels, sensor, months)
+
+
+def _stack(data, start: int, stop: int):
+    """(images, labels, months, sensor) of data[start:stop] for a dataset or ArraySplit."""
+    if isinstance(data, ArraySplit):
+        months = None if data.months is None else data.months[start:stop]
+        return data.images[start:stop], data.labels[start:stop], months, data.sensor
+    if stop <= start:
+        raise ValueError("empty dataset")
+    items = [data[i] for i in range(start, stop)]
+    sensor = items[0].sensor
+    if any(s.sensor != sensor for s in items):
+        raise ValueError(f"samples {start}..{stop - 1} mix sensors; one sensor per split")
+    images = np.stack([s.image for s in items]).astype(np.float32)
+    labels = np.stack([np.asarray(s.label) for s in items])
+    months = np.stack([np.asarray(s.timestamps)[:, 1] for s in items]).astype(np.int32)
+    return images, labels, months, sensor
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+    if a.shape[0] == size:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)])
+
+
+@dataclasses.dataclass
+class Features:
+    features: np.ndarray  # (N, D), (N, N_patch, D) or (N, Hp*Wp, D)
+    labels: np.ndarray
+
+
+def data_mesh(devices=None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.make_mesh((len(devices),), ("batch",), axis_types=(AxisType.Auto,),
+                         devices=devices)
+
+
+def place_state(state, mesh: Mesh):
+    """Replicate parameters over the mesh, leaving arrays already spread over its devices."""
+    devices = set(mesh.devices.flat)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_deleted() and x.sharding.device_set == devices \
+                and len(devices) > 1:
+            return x
+        return jax.device_put(x, replicated)
+
+    return jax.tree.map(one, state)
+
+
+def _to_host(x) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+class FeatureExtractor:
+    """Batched, sharded, jitted feature extraction from a model (see module docstring).
+
+    model: a SpaceNit model (LatentPredictor, DualBranch, AutoEncoder, SpatioTemporalEncoder
+    or a bare Encoder). devices: the devices to spread batches over (default all); mesh: use
+    this mesh instead (batches are split over all its axes), e.g. the training mesh.
+    """
+
+    def __init__(self, model, config: FeatureConfig = FeatureConfig(), *, devices=None,
+                 mesh: Mesh | None = None, pool_head=None):
+        parts = build_parts(model, config.representation, config.pooling, pool_head=pool_head,
+                            pool_seed=config.pool_seed)
+        self._setup(parts, model_config_of(model), config, devices, mesh)
+
+    @classmethod
+    def from_parts(cls, parts: FeatureParts, cfg: ModelConfig, config: FeatureConfig, *,
+                   devices=None, mesh: Mesh | None = None) -> FeatureExtractor:
+        """An extractor of given modules (e.g. a fine-tuned encoder and pooling head);
+        config.representation is not used."""
+        self = cls.__new__(cls)
+        self._setup(parts, cfg, config, devices, mesh)
+        return self
+
+    def _setup(self, parts, cfg, config, devices, mesh):
+        self.config, self.cfg = config, cfg
+        self.graphdef, state = nnx.split(parts)
+        self.opts = EncodeOptions(cfg, config.patch_size, config.pooling, config.gsd)
+        mesh = mesh if mesh is not None else data_mesh(devices)
+        if config.batch_size % mesh.devices.size:
+            log.info("feature batch %d does not divide over %d devices: using one device",
+                     config.batch_size, mesh.devices.size)
+            mesh = data_mesh(mesh.devices.flat[:1])
+        self.mesh = mesh
+        self.state = place_state(state, mesh)
+
+    def _put(self, x):
+        spec = PartitionSpec(self.mesh.axis_names, *([None] * (x.ndim - 1)))
+        return jax.device_put(x, NamedSharding(self.mesh, spec))
+
+    def embed_batch(self, images: np.ndarray, sensor: str, months=None) -> jax.Array:
+        """Features of one batch (B, H, W, T, C) of `sensor` images (B = any; not padded)."""
+        months = months if self.config.use_months else None
+        return _extract_batch(self.graphdef, self.state, {sensor: self._put(images)},
+                              None if months is None else self._put(np.asarray(months)),
+                              self.opts)
+
+    def extract(self, data) -> Features:
+        """Features and labels of a whole split: a dataset of EvalSamples or an ArraySplit.
+
+        Host loading of the next batch overlaps the device work of the previous one (async
+        dispatch); everything is fetched to the host at the end.
+        """
+        n = len(data)
+        if n == 0:
+            raise ValueError("cannot extract features of an empty split")
+        bs = self.config.batch_size
+        outs, labels = [], []
+        for start in range(0, n, bs):
+            images, y, months, sensor = _stack(data, start, min(start + bs, n))
+            real = images.shape[0]
+            images = _pad(images, bs)
+            months = None if months is None else _pad(months, bs)
+            outs.append((self.embed_batch(images, sensor, months), real))
+            labels.append(y)
+        feats = np.concatenate([_to_host(o)[:real] for o, real in outs])
+        return Features(feats, np.concatenate(labels))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: nnx.Module
+    cfg: ModelConfig
+    kind: str
+    step: int
+    run_config: dict
+
+
+def load_model(workdir, step: int | None = None) -> LoadedModel:
+    """The model of a pretraining workdir's checkpoint (latest step unless given).
+
+    The model config and kind come from the checkpoint's run config; parameters are put into
+    an abstract model (nothing is initialised twice).
+    """
+    from spacenit_jax.train import checkpoint as ckpt
+
+    run_config = ckpt.read_config(workdir, step)
+    cfg, kind = ckpt.model_config(run_config)
+    params, step = ckpt.restore_params(workdir, step)
+    abstract = nnx.eval_shape(lambda: models.build_model(cfg, kind))
+    graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
+    try:
+        nnx.replace_by_pure_dict(state, params)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"checkpoint {workdir} (step {step}): parameters do not fit a {kind} "
+                         f"built from its own run config: {err}") from None
+    missing = [jax.tree_util.keystr(p) for p, leaf in jax.tree_util.tree_leaves_with_path(state)
+               if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if missing:
+        raise ValueError(f"checkpoint {workdir} (step {step}) lacks parameters {missing[:5]} "
+                         f"({len(missing)} in all) of a {kind}")
+    state = jax.tree.map(jnp.asarray, state)
+    return LoadedModel(nnx.merge(graphdef, state, rest), cfg, kind, step, run_config)
+
+
+def feature_config_from(task_cfg, **overrides) -> FeatureConfig:
+    """FeatureConfig from an eval task config (configs/eval/*.py fields)."""
+    kw = dict(representation=task_cfg.representation, pooling=task_cfg.pooling,
+              patch_size=int(task_cfg.patch_size),
+              batch_size=int(task_cfg.embedding_batch_size),
+              use_months=bool(task_cfg.use_months), gsd=task_cfg.get("gsd"))
+    kw.update(overrides)
+    return FeatureConfig(**kw)

@@ -1,0 +1,55 @@
+"""Multi-process start-up: jax.distributed when the environment asks for it.
+
+Initialises when running under SLURM with several tasks, on a multi-host Cloud TPU VM,
+or when an explicit coordinator is given (SPACENIT_COORDINATOR / SPACENIT_NUM_PROCESSES /
+SPACENIT_PROCESS_ID, used by launch/local_multiprocess.sh to test several CPU processes
+on one machine). A single process needs nothing and starts nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def maybe_initialize() -> None:
+    env = os.environ
+    if env.get("SPACENIT_COORDINATOR"):
+        if env.get("JAX_PLATFORMS", "").startswith("cpu"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=env["SPACENIT_COORDINATOR"],
+            num_processes=int(env["SPACENIT_NUM_PROCESSES"]),
+            process_id=int(env["SPACENIT_PROCESS_ID"]))
+    elif int(env.get("SLURM_NTASKS", "1")) > 1 or env.get("TPU_WORKER_HOSTNAMES", "").count(","):
+        jax.distributed.initialize()  # jax reads the cluster from the environment
+    else:
+        return
+    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
+             jax.process_index(), jax.process_count(), jax.local_device_count(),
+             jax.device_count())
+
+
+def is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """True if the flag is set on any process (a cheap collective; call rarely)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
+
+
+def barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

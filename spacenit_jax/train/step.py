@@ -1,0 +1,183 @@
+"""Train state and the pure, jitted train step.
+
+The model is split once into a static graph definition and parameter states; the step
+is a pure function of pytrees (functional NNX): it merges the model inside, takes
+gradients with jax.value_and_grad, accumulates them over microbatches inside the step
+(lax.scan), applies AdamW, updates the EMA target, and skips the whole update (counting
+it) when the loss or the gradient norm is not finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from spacenit_jax.model import models
+from spacenit_jax.model.config import ModelConfig
+from spacenit_jax.train import objectives
+
+TARGET_FILTER = nnx.All(nnx.Param, nnx.Any(nnx.PathContains("target_encoder"),
+                                           nnx.PathContains("target_proj")))
+
+
+class TrainState(NamedTuple):
+    params: Any  # {"model": online nnx.State, "loss": dict of loss parameters}
+    target: Any  # EMA target nnx.State (empty for models without a target)
+    opt_state: Any
+    step: jax.Array  # int32, optimizer steps done
+    rng: jax.Array  # uint32[2] raw key (checkpointable)
+    nonfinite: jax.Array  # int32, updates skipped because of a non-finite loss/gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = 1e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.02
+    warmup_steps: int = 8000
+    final_lr_fraction: float = 0.1  # cosine decays to this fraction of the peak
+    max_grad_norm: float | None = 1.0
+    decay_norms_and_biases: bool = True  # the original decays every parameter
+
+
+def cosine_with_warmup(cfg: OptimizerConfig, total_steps: int):
+    """The original's CosWithWarmup: linear warm-up, cosine to final_lr_fraction * lr."""
+    peak, w, s_max, floor = cfg.lr, cfg.warmup_steps, total_steps, cfg.final_lr_fraction
+
+    def schedule(count):
+        s = jnp.asarray(count, jnp.float32) + 1.0  # the first update is step 1
+        warm = peak * jnp.minimum(s, w) / max(w, 1)
+        frac = jnp.clip((s - w) / max(s_max - w, 1), 0.0, 1.0)
+        cos = floor * peak + (1 - floor) * peak * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+        return jnp.where(s < w, warm, jnp.where(s >= s_max, floor * peak, cos))
+
+    return schedule
+
+
+def make_optimizer(cfg: OptimizerConfig, total_steps: int):
+    schedule = cosine_with_warmup(cfg, total_steps)
+
+    mask = None if cfg.decay_norms_and_biases else (
+        lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
+    parts = []
+    if cfg.max_grad_norm:
+        parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
+    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, mask=mask))
+    return optax.chain(*parts), schedule
+
+
+def split_model(model):
+    """(graphdef, online params State, EMA target params State)."""
+    graphdef, target, online = nnx.split(model, TARGET_FILTER, nnx.Param)
+    return graphdef, online, target
+
+
+def ema_update(target, online, momentum):
+    """target <- m * target + (1 - m) * online for each (online, target) module pair."""
+    out = jax.tree.map(lambda x: x, target)  # same State structure, new containers
+    for src, dst in models.EMA_PAIRS:
+        if dst in target:
+            out[dst] = jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o,
+                                    target[dst], online[src])
+    return out
+
+
+def microbatches(tree, num: int):
+    """(R, ...) leaves -> (num, R // num, ...); microbatch m holds rows m, m+num, ...
+
+    Strided rows keep every microbatch spread over all devices that hold batch rows.
+    """
+    def split(x):
+        r = x.shape[0]
+        if r % num:
+            raise ValueError(f"{r} rows per batch cannot be split into {num} microbatches")
+        return jnp.moveaxis(x.reshape(r // num, num, *x.shape[1:]), 1, 0)
+
+    return jax.tree.map(split, tree)
+
+
+def make_train_step(graphdef, model_cfg: ModelConfig, objective: objectives.ObjectiveConfig,
+                    tx, schedule, num_microbatches: int = 1):
+    def loss_fn(params, target, batch, key):
+        model = nnx.merge(graphdef, params["model"], target)
+        return objectives.compute_loss(objective, model, params["loss"], batch, rng=key)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch):
+        rng, key = jax.random.split(state.rng)
+        views = {k: v for k, v in batch.items() if k.startswith("view_")}
+        if num_microbatches == 1:
+            (loss, metrics), grads = grad_fn(state.params, state.target, views, key)
+        else:
+            keys = jax.random.split(key, num_microbatches)
+            mbs = microbatches(views, num_microbatches)
+
+            def body(carry, inputs):
+                (loss, metrics), grads = grad_fn(state.params, state.target, *inputs)
+                return jax.tree.map(jnp.add, carry, (grads, loss, metrics)), None
+
+            first = jax.tree.map(lambda x: x[0], mbs)
+            (loss_s, metrics_s), grads_s = jax.eval_shape(
+                grad_fn, state.params, state.target, first, keys[0])
+            zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                (grads_s, loss_s, metrics_s))
+            (grads, loss, metrics), _ = jax.lax.scan(body, zero, (mbs, keys))
+            scale = 1.0 / num_microbatches
+            grads, loss, metrics = jax.tree.map(lambda x: x * scale, (grads, loss, metrics))
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        momentum = models.ema_momentum(model_cfg, state.step)
+        target = ema_update(state.target, params["model"], momentum)
+
+        def keep(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+        new_state = TrainState(
+            params=keep(params, state.params), target=keep(target, state.target),
+            opt_state=keep(opt_state, state.opt_state), step=state.step + 1, rng=rng,
+            nonfinite=state.nonfinite + (~ok).astype(jnp.int32))
+        metrics = dict(metrics)
+        metrics.update(loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
+                       ema_momentum=momentum, skipped=(~ok).astype(jnp.float32))
+        metrics.update(token_metrics(views))
+        return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+
+    return train_step
+
+
+def token_metrics(views) -> dict:
+    """Real tokens and padding over all token slots of all streams of all views."""
+    real, slots = 0, 0
+    for view in views.values():
+        for seg in (view.tokens.segment, view.online.segment, view.decoder.segment):
+            real = real + jnp.sum(seg >= 0)
+            slots = slots + seg.size
+    samples = jnp.sum(views["view_a"].sample_valid)
+    return {"tokens/real": real, "tokens/padding_fraction": 1.0 - real / slots,
+            "samples": samples}
+
+
+def init_train_state(model_cfg: ModelConfig, objective: objectives.ObjectiveConfig, tx, *,
+                     seed: int):
+    """A fresh TrainState (call under jax.jit with out_shardings to create it sharded)."""
+    model = models.build_model(model_cfg, objective.model_kind, seed=seed)
+    _, online, target = split_model(model)
+    params = {"model": online, "loss": objectives.init_loss_params(objective)}
+    return TrainState(params=params, target=target, opt_state=tx.init(params),
+                      step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed + 1),
+                      nonfinite=jnp.zeros((), jnp.int32))
+
+
+def abstract_model(model_cfg: ModelConfig, kind: str):
+    return nnx.eval_shape(lambda: models.build_model(model_cfg, kind))

@@ -1,0 +1,140 @@
+"""launch.evaluate in precomputed-embeddings mode, end to end."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from launch import evaluate
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CENTRES = np.random.default_rng(100).normal(size=(3, 12)) * 2
+
+
+def write_npz(path, n, seed):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    np.savez(path, features=(CENTRES[y] + 0.5 * rng.normal(size=(n, 12))).astype(np.float32),
+             labels=y)
+    return str(path)
+
+
+@pytest.fixture
+def npz(tmp_path):
+    return write_npz(tmp_path / "train.npz", 120, 0), write_npz(tmp_path / "test.npz", 60, 1)
+
+
+def test_knn_mode_as_a_module_subprocess(npz, tmp_path):
+    out = tmp_path / "res.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.evaluate", "--features", npz[0], "--eval-features", npz[1],
+         "--mode", "knn", "--k", "5", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["accuracy"] == 1.0 and result["k"] == 5 and result["tau"] == 0.07
+    assert json.loads(out.read_text()) == result
+
+
+def test_linear_probe_mode_selects_lr_on_a_carved_validation_split(npz, capsys):
+    assert evaluate.main(["--features", npz[0], "--eval-features", npz[1], "--mode",
+                          "linear_probe", "--lrs", "1e-3", "1e-1", "--epochs", "6",
+                          "--batch-size", "16", "--n-bootstrap", "20"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == 1.0
+    assert result["lr"] in (pytest.approx(1e-3), pytest.approx(1e-1))
+    assert set(result["val_accuracy_per_lr"]) == {"0.001", "0.1"}
+    assert "24 train rows held out" in result["validation"]
+    assert result["bootstrap_ci_lower"] <= result["accuracy"] <= result["bootstrap_ci_upper"]
+
+
+def test_carved_split_is_deterministic_and_disjoint():
+    x = np.arange(50, dtype=np.float32)[:, None]
+    y = np.arange(50)
+    a = evaluate.carve_validation(x, y, 0.2, seed=3)
+    b = evaluate.carve_validation(x, y, 0.2, seed=3)
+    np.testing.assert_array_equal(a[3], b[3])
+    assert len(a[3]) == 10 and not set(a[1]) & set(a[3])
+
+
+def test_errors(npz, tmp_path, capsys):
+    assert evaluate.main(["--checkpoint", str(tmp_path / "none"), "--config",
+                          str(REPO / "configs/eval/m_eurosat.py")]) == 2
+    assert "no checkpoint directory" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, feats=np.zeros((3, 2)))
+    assert evaluate.main(["--features", str(bad), "--eval-features", npz[1]]) == 2
+    assert "'features'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main([])
+
+
+# --------------------------------------------------------------------------- --checkpoint
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A parameters-only checkpoint of the tiny test model at step 7."""
+    from eval_tiny_model import run_config, tiny_model
+    from flax import nnx
+
+    from spacenit_jax.train.checkpoint import write_params_checkpoint
+
+    path = tmp_path_factory.mktemp("pretrain")
+    params = nnx.to_pure_dict(nnx.state(tiny_model(), nnx.Param))
+    write_params_checkpoint(path, params, run_config(), step=7)
+    return path
+
+
+SMALL = str(REPO / "configs/eval/synthetic.py:small")
+
+
+def test_checkpoint_mode_knn_and_linear_probe(workdir, tmp_path, capsys):
+    out = tmp_path / "knn.json"
+    assert evaluate.main(["--checkpoint", str(workdir), "--config", SMALL, "--out", str(out),
+                          "--config.knn.k", "3"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["task", "mode", "split", "metric", "value",
+                                             "hyperparameters"]
+    assert "synthetic  knn   valid  accuracy *" in table and "k=3" in table
+    result = json.loads(out.read_text())
+    assert result["step"] == 7 and result["model_kind"] == "latent_predictor"
+    assert result["num_samples"] == {"train": 64, "valid": 32, "test": 32}
+    assert result["config"]["knn"]["k"] == 3 and result["config"]["patch_size"] == 4
+    rows = {(r["split"], r["metric"]): r for r in result["results"]}
+    assert set(rows) == {("valid", "accuracy"), ("test", "accuracy")}
+    assert rows[("valid", "accuracy")]["primary"] and rows[("test", "accuracy")]["value"] > 0.5
+    assert evaluate.main(["--checkpoint", str(workdir), "--config", SMALL, "--step", "7",
+                          "--mode", "linear_probe", "--config.run_on_test=false"]) == 0
+    table = capsys.readouterr().out
+    assert "linear_probe  valid  accuracy *" in table and "test" not in table
+
+
+def test_checkpoint_mode_finetune_resumes_from_its_directory(workdir, tmp_path, capsys):
+    out = tmp_path / "ft.json"
+    args = ["--checkpoint", str(workdir), "--config", SMALL, "--mode", "finetune",
+            "--config.finetune.checkpoint_dir", str(tmp_path / "ft"), "--out", str(out)]
+    assert evaluate.main(args) == 0
+    first = json.loads(out.read_text())["results"]
+    assert {(r["split"], r["metric"]) for r in first} == {("valid", "accuracy"),
+                                                          ("test", "accuracy")}
+    assert (tmp_path / "ft").is_dir()
+    assert evaluate.main(args) == 0  # a finished fine-tuning is reloaded: same scores
+    assert [r["value"] for r in json.loads(out.read_text())["results"]] == [
+        r["value"] for r in first]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--config.patch_sise=8"], "unknown field 'patch_sise'"),
+    (["--config.knn.k=three"], "expected int"),
+    (["--config.pooling=median"], "pooling must be one of"),
+])
+def test_checkpoint_mode_config_errors(workdir, capsys, extra, message):
+    assert evaluate.main(["--checkpoint", str(workdir), "--config", SMALL, *extra]) == 2
+    assert message in capsys.readouterr().err
