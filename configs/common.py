@@ -92,7 +92,11 @@ def base_config(preset: str, size: str, smoke: bool, objective: str) -> ConfigDi
                                "keep_every": config_dict.placeholder(int), "async_save": True})
     c.wandb = ConfigDict({"mode": "offline", "project": "spacenit-jax",
                           "entity": config_dict.placeholder(str)})
-    c.eval = ConfigDict({"every": 0, "tasks": []})
+    # In-loop evaluation: the original's m-eurosat kNN every 4000 steps (skipped with a
+    # warning when $GEOBENCH_DIR is not set) and the built-in synthetic task. every > 0
+    # overrides every task's own interval.
+    c.eval = ConfigDict({"every": 0, "run_on_test": False,
+                         "tasks": ["configs/eval/m_eurosat.py", "configs/eval/synthetic.py"]})
     if smoke:
         shrink(c)
     return c
@@ -122,3 +126,5 @@ def shrink(c: ConfigDict) -> None:
     c.data.masking.decode_only_sensors = ["worldcover", "srtm"]
     c.checkpoint.every = 10
     c.checkpoint.async_save = False
+    c.eval.tasks = ["configs/eval/synthetic.py:small"]
+    c.eval.every = 10

@@ -1,7 +1,6 @@
 """Test-wide setup: 8 virtual CPU devices (must be set before jax is imported)."""
 
 import os
-
 import tempfile  # noqa: E402
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -66,6 +66,23 @@ def test_sharded_extraction_equals_single_device(split):
     assert feat.FeatureExtractor(model, feat.FeatureConfig(batch_size=6)).mesh.devices.size == 1
 
 
+def test_fsdp_sharded_parameters_stay_on_their_mesh(split):
+    """The in-loop case: parameters sharded over the training mesh are used where they are."""
+    from spacenit_jax import sharding
+
+    model = tiny_model()
+    mesh = sharding.make_mesh(data=4, fsdp=2, tensor=1)
+    graphdef, state = nnx.split(model)
+    sharded = nnx.merge(graphdef, jax.device_put(state, sharding.state_shardings(mesh, state)))
+    ex = feat.FeatureExtractor(sharded, feat.FeatureConfig(batch_size=BATCH))
+    assert ex.mesh is mesh
+    kernel = ex.state["encoder"]["tokenizer"]["sensor_embed"]["embedding"]
+    assert kernel[...] is sharded.encoder.tokenizer.sensor_embed.embedding[...]  # not copied
+    plain = feat.FeatureExtractor(model, feat.FeatureConfig(batch_size=BATCH))
+    np.testing.assert_allclose(ex.extract(split).features, plain.extract(split).features,
+                               atol=1e-5)
+
+
 def test_absent_patches_are_left_out(split):
     model = tiny_model()
     cfg = tiny_config()

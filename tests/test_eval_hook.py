@@ -1,5 +1,6 @@
 """In-loop evaluation: schedule, metric keys, a missing dataset reported once and skipped."""
 
+import dataclasses
 import logging
 import pathlib
 
@@ -58,6 +59,22 @@ def test_missing_dataset_is_reported_once_and_skipped(tmp_path, monkeypatch, cap
     assert "GEOBENCH_DIR" in warnings[0] and str(tmp_path) in warnings[1]
     assert evaluator.skipped == {"m-eurosat", "m-eurosat-elsewhere"}
     assert evaluator.due(3) == ["synthetic"] and "eval/synthetic" in out
+
+
+def test_from_run_config_eval_section():
+    from eval_tiny_model import tiny_config
+    from ml_collections import ConfigDict
+
+    section = ConfigDict({"every": 5, "tasks": ["synthetic:small", f"{CONFIGS}/m_eurosat.py"],
+                          "overrides": ["knn.k=3"]})
+    evaluator = hook.InLoopEvaluator.from_config(section, tiny_config())
+    assert [t.name for t in evaluator.tasks] == ["synthetic", "m-eurosat"]
+    assert all(t.every_n_steps == 5 and t.knn.k == 3 for t in evaluator.tasks)
+    assert evaluator.due(10) == ["synthetic", "m-eurosat"] and evaluator.due(11) == []
+    s1 = tiny_config().replace(layout=dataclasses.replace(tiny_config().layout,
+                                                          sensor_labels=("sentinel1",)))
+    with pytest.raises(ValueError, match="needs sensor 'sentinel2_l2a'"):
+        hook.InLoopEvaluator.from_config(section, s1)
 
 
 def test_bad_task_lists_are_refused():

@@ -60,6 +60,9 @@ preset's default: the original's 10 m scalar for the reference presets (so the s
 ``P`` in HEAD and ``1`` in V1) and each sensor's own metres per pixel for the design card.
 For the reference presets the patch is ``P`` stored pixels for every sensor (as in the
 original); the design card uses ``layout.patch_pixels`` (naip_10 is stored 4x finer).
+RoPE and decoder sin-cos frequencies are computed in float64 and rounded once to float32,
+as the JAX model does (the original computes them in float32, up to one ulp away; see
+``_frequencies``), so both stay within float32 round-off even at large positions.
 
 Deliberate twins of the original's quirks (spec section 16), reproduced by default:
 
@@ -270,14 +273,12 @@ class GroupedQueryAttention(nn.Module):
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
         mask = _normalise_mask(mask)
+        # PyTorch's fused attention, as the original uses (its CPU flash kernel is what
+        # makes the original's speed); rows without any valid key give a zero output.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        probs = torch.softmax(scores.float(), dim=-1)
-        if mask is not None:  # rows without any valid key -> zero output
-            probs = torch.where(mask.any(-1, keepdim=True), probs, torch.zeros_like(probs))
-        out = torch.matmul(probs.to(v.dtype), v)
+            out = torch.where(mask.any(-1, keepdim=True), out, torch.zeros_like(out))
         out = out.transpose(1, 2).reshape(b, n, self.num_heads * hd)
         return self.out_proj(out)
 

@@ -21,9 +21,10 @@ What is extracted, by `FeatureConfig`:
 - patch_size (default 4, the task default), months (off by default: the reference's eval
   passes no month indices), gsd (None: each sensor's default).
 
-How it runs: the batch is split over a 1-D mesh of all devices when the batch size divides
-by the device count (otherwise it runs on the first device); parameters are replicated
-(arrays already spread over the mesh's devices are left where they are). The forward is one
+How it runs: the batch is split over a 1-D mesh of all devices (or the mesh the parameters
+are sharded on, e.g. the training mesh) when the batch size divides by the device count,
+otherwise it runs on the first device; parameters are replicated, except arrays already laid
+out over the mesh's devices, which are left where they are. The forward is one
 module-level `jax.jit` with the model's graph definition as a static argument, so one program
 is compiled per (model structure, input shape, options) and reused by every extractor, every
 split and every in-loop evaluation of a run. The last batch is padded to the batch size by
@@ -342,14 +343,24 @@ def data_mesh(devices=None) -> Mesh:
                          devices=devices)
 
 
+def param_mesh(state) -> Mesh | None:
+    """The mesh that (sharded) parameters live on, if any: e.g. the training mesh."""
+    for leaf in jax.tree.leaves(state):
+        if isinstance(leaf, jax.Array) and isinstance(leaf.sharding, NamedSharding) \
+                and leaf.sharding.mesh.devices.size > 1:
+            return leaf.sharding.mesh
+    return None
+
+
 def place_state(state, mesh: Mesh):
-    """Replicate parameters over the mesh, leaving arrays already spread over its devices."""
-    devices = set(mesh.devices.flat)
+    """Replicate parameters over the mesh, leaving arrays that are already laid out over
+    the same devices in the same order (e.g. FSDP-sharded training parameters)."""
+    order = list(mesh.devices.flat)
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def one(x):
-        if isinstance(x, jax.Array) and not x.is_deleted() and x.sharding.device_set == devices \
-                and len(devices) > 1:
+        if (isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding)
+                and len(order) > 1 and list(x.sharding.mesh.devices.flat) == order):
             return x
         return jax.device_put(x, replicated)
 
@@ -369,7 +380,8 @@ class FeatureExtractor:
 
     model: a SpaceNit model (LatentPredictor, DualBranch, AutoEncoder, SpatioTemporalEncoder
     or a bare Encoder). devices: the devices to spread batches over (default all); mesh: use
-    this mesh instead (batches are split over all its axes), e.g. the training mesh.
+    this mesh instead (batches are split over all its axes). Without either, parameters that
+    are sharded over a mesh (the training mesh) bring that mesh, and stay where they are.
     """
 
     def __init__(self, model, config: FeatureConfig = FeatureConfig(), *, devices=None,
@@ -391,6 +403,8 @@ class FeatureExtractor:
         self.config, self.cfg = config, cfg
         self.graphdef, state = nnx.split(parts)
         self.opts = EncodeOptions(cfg, config.patch_size, config.pooling, config.gsd)
+        if mesh is None and devices is None:
+            mesh = param_mesh(state)
         mesh = mesh if mesh is not None else data_mesh(devices)
         if config.batch_size % mesh.devices.size:
             log.info("feature batch %d does not divide over %d devices: using one device",

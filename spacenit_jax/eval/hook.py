@@ -5,6 +5,8 @@ Interface for the training loop:
     from spacenit_jax.eval.hook import InLoopEvaluator, load_tasks
 
     evaluator = InLoopEvaluator(load_tasks(["configs/eval/synthetic.py:small"]), mesh=mesh)
+    # or, from the run config's `eval` section {"every": N, "tasks": [...]}:
+    evaluator = InLoopEvaluator.from_config(config.eval, model_cfg)
     ...
     for step in range(1, num_steps + 1):
         ...  # train step
@@ -27,6 +29,11 @@ Interface for the training loop:
   (graphdef, state), pass `nnx.merge(graphdef, state)`: nothing is copied or modified. Its
   parameters may stay sharded; give the training `mesh` so batches are split over the same
   devices.
+- `from_config(eval_config, model_cfg)`: eval_config.tasks lists config specs
+  ("configs/eval/m_eurosat.py", "synthetic:small", see `tasks.resolve_config_path`) or task
+  dicts; eval_config.every > 0 sets every task's interval; optional fields run_on_test
+  (bool) and overrides (["field=value", ...] applied to every task). With model_cfg, a task
+  whose sensor the model does not have is an error at construction.
 - A dataset that is not there (FileNotFoundError: $GEOBENCH_DIR unset or wrong, missing
   files) is reported once with logging.warning and the task is skipped for the rest of the
   run (`skipped` lists them). Other errors propagate: they are bugs, not missing data.
@@ -73,6 +80,30 @@ class InLoopEvaluator:
         self.devices, self.mesh = devices, mesh
         self.skipped: set[str] = set()
         self._data: dict[str, dict[str, feat.ArraySplit]] = {}
+
+    @classmethod
+    def from_config(cls, eval_config, model_cfg=None, *, mesh=None, devices=None
+                    ) -> InLoopEvaluator:
+        """An evaluator from a run config's `eval` section (see module docstring)."""
+        overrides = list(eval_config.get("overrides", None) or ())
+        tasks = []
+        for item in eval_config.tasks:
+            if isinstance(item, str):
+                task = tasks_lib.apply_overrides(tasks_lib.load_config_file(item), overrides)
+            else:
+                task = tasks_lib.apply_overrides(tasks_lib.as_task_config(item), overrides)
+            every = int(eval_config.get("every", 0) or 0)
+            if every > 0:
+                task.every_n_steps = every
+            tasks.append(task)
+        if model_cfg is not None:
+            for task in tasks:
+                sensor = tasks_lib.task_sensor(task)
+                if sensor not in model_cfg.sensor_labels:
+                    raise ValueError(f"in-loop eval task {task.name!r} needs sensor {sensor!r}; "
+                                     f"the model has {list(model_cfg.sensor_labels)}")
+        return cls(tasks, run_on_test=bool(eval_config.get("run_on_test", False)), mesh=mesh,
+                   devices=devices)
 
     def due(self, step: int) -> list[str]:
         """Names of the tasks scheduled at `step` (skipped ones excluded)."""

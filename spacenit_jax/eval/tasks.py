@@ -105,12 +105,28 @@ def as_task_config(task) -> config_dict.ConfigDict:
     return cfg
 
 
-def load_config_file(spec: str) -> config_dict.ConfigDict:
-    """`get_config(arg)` of a config file given as "path.py" or "path.py:arg"."""
-    path, _, arg = spec.partition(":")
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def resolve_config_path(path: str) -> pathlib.Path:
+    """A config file path: as given, else relative to the repository root; a bare name
+    ("synthetic", "m_eurosat") means configs/eval/<name>.py."""
+    if not path.endswith(".py") and "/" not in path:
+        path = f"configs/eval/{path}.py"
     file = pathlib.Path(path)
+    if not file.is_file() and not file.is_absolute() and (REPO_ROOT / file).is_file():
+        file = REPO_ROOT / file
     if not file.is_file():
-        raise FileNotFoundError(f"config file {file} does not exist")
+        raise FileNotFoundError(f"config file {path} does not exist (also looked in "
+                                f"{REPO_ROOT})")
+    return file
+
+
+def load_config_file(spec: str) -> config_dict.ConfigDict:
+    """`get_config(arg)` of a config file given as "path.py" or "path.py:arg" (or a bare
+    task name such as "synthetic:small", see `resolve_config_path`)."""
+    path, _, arg = spec.partition(":")
+    file = resolve_config_path(path)
     module_spec = importlib.util.spec_from_file_location(f"_eval_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -191,6 +207,13 @@ def task_info(cfg) -> tuple[int, bool]:
         return int(ds.num_classes), False
     task = geobench.get_task(ds.name)
     return task.num_classes, task.multilabel
+
+
+def task_sensor(cfg) -> str:
+    """The sensor whose images the task's dataset holds."""
+    if cfg.dataset.kind == "synthetic":
+        return SyntheticClassification.sensor
+    return geobench.get_task(cfg.dataset.name).sensor
 
 
 def load_split(cfg, split: str):

@@ -71,7 +71,7 @@ class ModelConfig:
     scan_layers: bool = False
     remat: Literal["none", "full", "dots"] = "none"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    attention_impl: Literal["xla", "cudnn"] | None = None
+    attention_impl: Literal["xla", "cudnn", "rowwise"] | None = None  # None: by backend
 
     def __post_init__(self):
         if self.preset not in PRESETS:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from spacenit_jax.model import positions
+from spacenit_jax.model import attention, positions
 
 
 def param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
@@ -140,8 +140,7 @@ class Attention(nnx.Module):
         v = self.v(src).reshape(r, m, self.kv_heads, self.head_dim)
         if rope is not None:
             q, k = positions.apply_rope(q, rope), positions.apply_rope(k, rope)
-        out = jax.nn.dot_product_attention(
-            q, k, v.astype(q.dtype), mask=mask[:, None], implementation=self.impl)
+        out = attention.dot_product_attention(q, k, v, mask, self.impl)
         has_key = jnp.any(mask, axis=-1)[:, :, None, None]
         out = jnp.where(has_key, out, jnp.zeros((), out.dtype))
         return self.o(out.reshape(r, n, self.heads * self.head_dim))

@@ -21,12 +21,10 @@ import signal
 import time
 
 import jax
-import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
 from spacenit_jax import sharding
-from spacenit_jax.model import models
 from spacenit_jax.model.config import ModelConfig, config_to_dict, make_config
 from spacenit_jax.train import checkpoint, flops, multihost, objectives, step, tracking
 
@@ -387,11 +385,11 @@ class Trainer:
         return consecutive_skips
 
     def _evaluator(self):
-        if not self.config.eval.every or not self.config.eval.tasks:
+        if not self.config.eval.tasks:
             return None
         from spacenit_jax.eval.hook import InLoopEvaluator
 
-        return InLoopEvaluator.from_config(self.config.eval, self.model_cfg)
+        return InLoopEvaluator.from_config(self.config.eval, self.model_cfg, mesh=self.mesh)
 
 
 def train(config: ConfigDict, workdir) -> dict:

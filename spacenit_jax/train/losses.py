@@ -13,7 +13,6 @@ import jax.numpy as jnp
 
 from spacenit_jax.model.heads import l2_normalize
 
-
 NEG = -1e30  # masked logit: finite, so fully masked rows keep finite gradients
 
 

@@ -1,0 +1,172 @@
+"""Time the full training step (both views, forward, backward, update) on a fixed workload.
+
+    python -m launch.benchmark_train --config configs/reference_head.py:size=nano \
+        [--samples 8 --patch-size 4 --crop-patches 4 --timesteps 12 --steps 10]
+
+The workload is B samples of the config's sensors cropped to H x H patches of size P
+with T timesteps (random normalised values, no missing data, the config's masking), packed
+with the config's row geometry for that crop (or --row-length). Prints one JSON line:
+step_s_median, tokens_per_s (real input tokens of every view, padding excluded),
+samples_per_s, mfu (analytic model FLOPs against --peak-flops per device),
+peak_memory_bytes and compilations (of the train step while timing; must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+
+def build_workload(config, model_cfg, objective, args):
+    import numpy as np
+
+    from spacenit_jax import sensors
+    from spacenit_jax.data import crop, masking, packing
+
+    layout = model_cfg.layout
+    h, t, p = args.crop_patches, args.timesteps, args.patch_size
+    per_step = fixed = 0
+    for label in layout.sensor_labels:
+        g = len(layout.sensor_groups(label))
+        if sensors.get(label).kind == sensors.SensorKind.SPACE_TIME:
+            per_step += h * h * g
+        else:
+            fixed += h * h * g
+    budget = fixed + per_step * t  # the token budget whose crop has exactly T timesteps
+    assert crop.timesteps_for_budget(layout, h, budget) == t
+    strategy = masking.build_masking(config.data.masking.to_dict() if objective.masked
+                                     else "none")
+    n = packing.hw_shape(layout, budget, h, strategy).tokens
+    row_length = args.row_length or packing.align_up(n, 8)
+    k = max(row_length // n, 1)
+    rows = -(-args.samples // k)
+    rows = -(-rows // args.row_multiple) * args.row_multiple
+    plan = packing.PackingPlan.build(layout, budget, [h], rows, row_length, strategy)
+    rng = np.random.default_rng(args.seed)
+    views = {}
+    for v in range(objective.num_views):
+        prepared = []
+        for _ in range(args.samples):
+            arrays = {}
+            for label in layout.sensor_labels:
+                spec = sensors.get(label)
+                pix = layout.patch_pixels(label, p) * h
+                tt = t if spec.kind == sensors.SensorKind.SPACE_TIME else 1
+                arrays[label] = rng.normal(size=(pix, pix, tt, spec.num_channels)).astype(np.float32)
+            masks = masking.mask_sample(layout, arrays, p, strategy, rng, 0)
+            months = rng.integers(0, 12, size=t)
+            prepared.append(packing.prepare_sample(layout, arrays, p, months, masks))
+        view, stats = packing.pack_view(plan, layout, prepared, h)
+        views["view_a" if v == 0 else "view_b"] = view
+    return views, plan, n
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/reference_head.py:size=nano")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--patch-size", type=int, default=4)
+    ap.add_argument("--crop-patches", type=int, default=4)
+    ap.add_argument("--timesteps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--row-length", type=int, default=0,
+                    help="token-stream row length (default: one workload sample, aligned to 8)")
+    ap.add_argument("--row-multiple", type=int, default=1,
+                    help="round the row count up to a multiple of this (devices)")
+    ap.add_argument("--peak-flops", type=float, default=None,
+                    help="peak FLOP/s per device (default: the config's peak_flops_per_device)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="config overrides, e.g. model.compute_dtype=bfloat16")
+    args = ap.parse_args(argv)
+
+    import jax
+    import numpy as np
+
+    from spacenit_jax import sharding
+    from spacenit_jax.train import flops, loop, step
+
+    config = load_config(args.config, args.set)
+    model_cfg = loop.model_config(config)
+    objective = loop.objective_config(config)
+    views, plan, n = build_workload(config, model_cfg, objective, args)
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    tx, schedule = step.make_optimizer(step.OptimizerConfig(**config.optimizer.to_dict()),
+                                       config.total_steps)
+    abstract = jax.eval_shape(lambda: step.init_train_state(model_cfg, objective, tx, seed=0))
+    shardings = loop.state_shardings(mesh, abstract)
+    state = jax.jit(lambda: step.init_train_state(model_cfg, objective, tx, seed=0),
+                    out_shardings=shardings)()
+    graphdef, _, _ = step.split_model(step.abstract_model(model_cfg, objective.model_kind))
+    fn = step.make_train_step(graphdef, model_cfg, objective, tx, schedule, config.microbatches)
+    batch = loop.global_batch(mesh, views)
+    counter = loop.compile_counter()
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn, in_shardings=(shardings, jax.tree.map(lambda x: x.sharding, batch)),
+                       out_shardings=(shardings, sharding.replicated(mesh)),
+                       donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    before = counter.count
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    input_tokens = sum(int((v.tokens.segment >= 0).sum()) for v in views.values())
+    slots = sum(v.tokens.segment.size for v in views.values())
+    model_flops = flops.train_step_flops(model_cfg, views, objective.masked)
+    peak = args.peak_flops or config.peak_flops_per_device
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        memory, source = int(stats["peak_bytes_in_use"]), "device"
+    else:
+        memory = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        source = "host max RSS (CPU)"
+    out = {
+        "config": args.config, "device": jax.devices()[0].device_kind,
+        "num_devices": jax.device_count(), "samples": args.samples,
+        "patch_size": args.patch_size, "crop_patches": args.crop_patches,
+        "timesteps": args.timesteps, "tokens_per_sample": n, "rows": plan.rows,
+        "row_length": plan.row_length, "step_s_median": step_s,
+        "step_s_min": min(times), "tokens_per_s": input_tokens / step_s,
+        "samples_per_s": args.samples / step_s, "padding_fraction": 1 - input_tokens / slots,
+        "model_flops_per_step": model_flops, "mfu": model_flops / step_s / (peak * jax.device_count()),
+        "peak_flops_per_device": peak, "peak_memory_bytes": memory,
+        "peak_memory_source": source, "compile_s": compile_s,
+        "compilations": counter.count - before,
+        "loss": float(np.asarray(metrics["loss"])),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+def load_config(spec: str, overrides):
+    """A config file spec 'path.py[:arg]' with FIELD=VALUE overrides."""
+    import importlib.util
+    import pathlib
+
+    import yaml
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("benchmark_config", pathlib.Path(path))
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        config.update_from_flattened_dict({key: yaml.safe_load(value)})
+    return config
+
+
+if __name__ == "__main__":
+    sys.exit(main())
