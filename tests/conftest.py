@@ -1,7 +1,7 @@
 """Test-wide setup: 8 virtual CPU devices (must be set before jax is imported)."""
 
 import os
-import tempfile  # noqa: E402
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # 8 virtual devices for sharding tests; unoptimised XLA code and a persistent compilation

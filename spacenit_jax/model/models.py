@@ -44,6 +44,22 @@ def _pool(cfg, x, stream: TokenStream, num_slots: int):
     return heads.segment_mean(x, stream.segment, include, num_slots)
 
 
+def _encode_both(model, view: PackedView, deterministic, rng, target_deterministic):
+    """Online encoder on the VISIBLE stream, EMA target (no gradient) on every token.
+
+    Returns (online outputs, their TokenStream, target outputs at the decoder's queries,
+    the queries' TokenStream).
+    """
+    k_online, k_target = _split(rng, 2)
+    online, online_stream = model.encoder(view.patches, view.tokens, view.online,
+                                          deterministic=deterministic, rng=k_online)
+    target, _ = model.target_encoder(view.patches, view.tokens,
+                                     deterministic=target_deterministic, rng=k_target)
+    targets = jnp.take_along_axis(jax.lax.stop_gradient(target), view.decoder.src[..., None],
+                                  axis=1)
+    return online, online_stream, targets, view.tokens.select(view.decoder, jnp)
+
+
 class LatentPredictor(nnx.Module):
     """Online encoder, EMA target encoder (a copy at init), decoder, projection heads."""
 
@@ -58,16 +74,10 @@ class LatentPredictor(nnx.Module):
 
     def __call__(self, view: PackedView, *, deterministic: bool = True, rng=None,
                  target_deterministic: bool = True):
-        k_online, k_target = _split(rng, 2)
         num_slots = view.sample_valid.shape[1]
-        online, online_stream = self.encoder(view.patches, view.tokens, view.online,
-                                             deterministic=deterministic, rng=k_online)
-        target, _ = self.target_encoder(view.patches, view.tokens,
-                                        deterministic=target_deterministic, rng=k_target)
-        target = jax.lax.stop_gradient(target)
-        query_stream = view.tokens.select(view.decoder, jnp)
+        online, online_stream, targets, query_stream = _encode_both(
+            self, view, deterministic, rng, target_deterministic)
         predictions = self.decoder(online, online_stream, query_stream)
-        targets = jnp.take_along_axis(target, view.decoder.src[..., None], axis=1)
         pooled, count = _pool(self.cfg, online, online_stream, num_slots)
         return {
             "predictions": predictions,
@@ -139,17 +149,11 @@ class DualBranch(nnx.Module):
 
     def __call__(self, view: PackedView, *, deterministic: bool = True, rng=None,
                  target_deterministic: bool = True):
-        k_online, k_target = _split(rng, 2)
         num_slots = view.sample_valid.shape[1]
-        online, online_stream = self.encoder(view.patches, view.tokens, view.online,
-                                             deterministic=deterministic, rng=k_online)
-        target, _ = self.target_encoder(view.patches, view.tokens,
-                                        deterministic=target_deterministic, rng=k_target)
-        query_stream = view.tokens.select(view.decoder, jnp)
+        online, online_stream, targets, query_stream = _encode_both(
+            self, view, deterministic, rng, target_deterministic)
         latent = self.latent_decoder(online, online_stream, query_stream)
         decoded = self.pixel_decoder(online, online_stream, query_stream)
-        targets = jax.lax.stop_gradient(
-            jnp.take_along_axis(target, view.decoder.src[..., None], axis=1))
         pixels, pixel_mask = token_pixels(self.cfg, view, query_stream,
                                           self.pixel_head.proj.kernel.shape[1])
         pooled, count = _pool(self.cfg, online, online_stream, num_slots)
