@@ -25,13 +25,14 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    from spacenit_jax.train import loop
+    from spacenit_jax.train import loop, multihost
 
     try:
         summary = loop.train(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    multihost.finalize()
     print(json.dumps(summary))
     return 0
 

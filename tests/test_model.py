@@ -336,3 +336,50 @@ def test_packed_view_pytree_roundtrip():
     view = models.view_from_images(cfg, random_images(8), patch_size=4)
     leaves, tree = jax.tree.flatten(view)
     assert isinstance(jax.tree.unflatten(tree, leaves), PackedView)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_cpu_attention_kernel_matches_jax_attention(kv_heads):
+    from spacenit_jax.model.attention import dot_product_attention
+
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.normal(size=(2, 12, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, 10, kv_heads, 8)), jnp.float32) for _ in range(2))
+    seg_q = jnp.asarray([[0] * 6 + [1] * 4 + [-1] * 2, [0] * 12])
+    seg_k = jnp.asarray([[0] * 5 + [1] * 5, [0] * 9 + [-1]])
+    mask = positions.segment_mask(seg_q, seg_k)
+    keep = (seg_q >= 0)[..., None, None]
+
+    def loss(impl):
+        return lambda q, k, v: jnp.sum(jnp.where(
+            keep, dot_product_attention(q, k, v, mask, impl) * q, 0.0))
+
+    a = dot_product_attention(q, k, v, mask, "rowwise")
+    b = dot_product_attention(q, k, v, mask, "xla")
+    np.testing.assert_allclose(np.where(keep, a, 0), np.where(keep, b, 0), atol=1e-5)
+    ga = jax.grad(loss("rowwise"), argnums=(0, 1, 2))(q, k, v)
+    gb = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+    for x, y in zip(ga, gb, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_spatiotemporal_encoder_and_bfloat16_forward():
+    cfg = make_config("design_card", "nano", sensor_labels=LABELS, axial_depth=1, **SMALL)
+    model = models.build_model(cfg, "spatiotemporal", seed=1)
+    view = models.view_from_images(cfg, random_images(3), patch_size=4)
+    out = nnx.jit(lambda m, v: m(v))(model, view)
+    assert out["pooled"].shape == (2, 1, 64) and out["projected"].shape == (2, 1, cfg.projection_dim)
+    assert np.all(np.isfinite(out["projected"]))
+    # type tokens skip the axial layers: they come out of the final norm of the encoder's
+    encoded, stream = nnx.jit(lambda m, v: m.encoder(v.patches, v.tokens, v.online))(model, view)
+    is_type = np.asarray(stream.group) < 0
+    np.testing.assert_allclose(np.asarray(out["encoded"])[is_type],
+                               np.asarray(model.norm(encoded))[is_type], atol=1e-5)
+    bf16 = cfg.replace(compute_dtype="bfloat16")
+    fast = models.build_model(bf16, "latent_predictor", seed=3)
+    ref = models.build_model(cfg, "latent_predictor", seed=3)
+    view = models.view_from_images(cfg, random_images(4), patch_size=4)
+    forward = nnx.jit(lambda m, v: m(v)["encoder_pooled"])
+    a, b = forward(ref, view), forward(fast, view)
+    assert b.dtype == jnp.float32 or b.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=0.1)

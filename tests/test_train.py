@@ -181,3 +181,22 @@ def test_in_loop_evaluation_runs_inside_a_smoke_run(tmp_path, dataset, monkeypat
     assert sorted(evals) == [2, 4]
     assert 0.0 <= evals[4]["eval/synthetic"] <= 1.0 and evals[4]["eval_time/synthetic"] > 0
     assert not any("eval/m-eurosat" in r or "eval/m_eurosat" in r for r in records)
+
+
+def test_gradient_accumulation_over_microbatches_matches_one_batch(tmp_path, dataset):
+    """With per-sample losses only (no in-batch negatives), 2 microbatches == 1 batch."""
+    c = smoke(dataset, **{"objective.contrastive_weight": 0.0, "model.overrides.drop_path": 0.0})
+    tr = loop.Trainer.create(c, tmp_path)
+    host = next(iter(tr.pipeline.dataset))
+    views = jax.tree.map(jnp.asarray, {k: v for k, v in host.items() if k.startswith("view_")})
+    init = jax.jit(lambda: step.init_train_state(tr.model_cfg, tr.objective, tr.tx, seed=0))
+    results = []
+    for m in (1, 2):
+        fn = step.make_train_step(tr.graphdef, tr.model_cfg, tr.objective, tr.tx, tr.schedule, m)
+        results.append(jax.jit(fn)(init(), views))
+    (s1, m1), (s2, m2) = results
+    assert float(m2["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-5)
+    assert float(m2["grad_norm"]) == pytest.approx(float(m1["grad_norm"]), rel=1e-4)
+    for x, y in zip(jax.tree.leaves(loop.full_params(s1)), jax.tree.leaves(loop.full_params(s2)),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=1e-4)

@@ -53,3 +53,12 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def finalize() -> None:
+    """Leave jax.distributed together: every process first reaches the same point (e.g.
+    process 0 may still be closing its W&B run), then all shut down at once. Without
+    this, an early process's exit can time out the others' shutdown barrier."""
+    if jax.process_count() > 1:
+        barrier("spacenit-finalize")
+        jax.distributed.shutdown()
