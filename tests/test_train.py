@@ -73,6 +73,7 @@ def test_killed_and_resumed_run_equals_straight_run(tmp_path, dataset):
     sigterm_after(tmp_path / "b", 3)
     summary = loop.Trainer.create(smoke(dataset, total_steps=total), tmp_path / "b").train()
     assert summary["status"] == "preempted"
+    run_id = (tmp_path / "b" / "wandb_run_id.txt").read_text()
     stopped = summary["final_step"]
     assert 3 <= stopped < total
     assert (tmp_path / "b" / "checkpoints" / str(stopped) / "commit_success.txt").exists()
@@ -81,6 +82,7 @@ def test_killed_and_resumed_run_equals_straight_run(tmp_path, dataset):
     assert summary["start_step"] == stopped and summary["final_step"] == total
     b = losses(tmp_path / "b")
     assert [b[s] for s in range(1, total + 1)] == [a[s] for s in range(1, total + 1)]
+    assert (tmp_path / "b" / "wandb_run_id.txt").read_text() == run_id  # same W&B run
     pa, pb = params_of(straight), params_of(resumed)
     assert jax.tree.structure(pa) == jax.tree.structure(pb)
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
@@ -200,3 +202,21 @@ def test_gradient_accumulation_over_microbatches_matches_one_batch(tmp_path, dat
     for x, y in zip(jax.tree.leaves(loop.full_params(s1)), jax.tree.leaves(loop.full_params(s2)),
                     strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=1e-4)
+
+
+def test_parameters_initialise_from_another_checkpoint(tmp_path, dataset):
+    c = smoke(dataset)
+    source = loop.Trainer.create(c, tmp_path / "src")
+    state = source.init_state()
+    pure = jax.tree.map(lambda x: np.asarray(x) + 1.0, loop.full_params(state))
+    del pure["target_encoder"]  # an encoder-only import: the target starts as its copy
+    loop.checkpoint.write_params_checkpoint(
+        tmp_path / "import", pure, loop.run_config(c, source.model_cfg, "latent_predictor"))
+    c.init_from = str(tmp_path / "import")
+    got = loop.full_params(loop.Trainer.create(c, tmp_path / "run").init_state())
+    for name in ("encoder", "decoder", "online_proj"):
+        for x, y in zip(jax.tree.leaves(pure[name]), jax.tree.leaves(got[name]), strict=True):
+            np.testing.assert_array_equal(x, np.asarray(y))
+    for x, y in zip(jax.tree.leaves(pure["encoder"]), jax.tree.leaves(got["target_encoder"]),
+                    strict=True):
+        np.testing.assert_array_equal(x, np.asarray(y))
