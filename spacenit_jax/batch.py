@@ -75,7 +75,3 @@ def embed_table_offsets(layout: TokenLayout, capacities: Mapping[str, int]):
             offsets[grp.key] = start
             start += int(capacities[grp.key])
     return offsets, start
-
-
-def type_token_index(type_offset: int, sensor_id):
-    return type_offset + sensor_id

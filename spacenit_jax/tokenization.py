@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -341,8 +341,3 @@ def sensor_patches(layout: TokenLayout, label: str, img, patch_size: int, tempor
         grid = SensorGrid(hp, wp, t, temporal)
         out[grp.key] = pt.reshape(*pt.shape[:-4], t * hp * wp, pt.shape[-1])
     return out, grid
-
-
-def group_capacity_offsets(layout: TokenLayout, capacities: Sequence[int]) -> np.ndarray:
-    """Start of each group's rows in the concatenated per-row embedding table."""
-    return np.concatenate([[0], np.cumsum(capacities)])[:-1].astype(np.int32)

@@ -71,7 +71,9 @@ class ModelConfig:
     scan_layers: bool = False
     remat: Literal["none", "full", "dots"] = "none"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    attention_impl: Literal["xla", "cudnn", "rowwise"] | None = None  # None: by backend
+    # None: "rowwise" (our CPU kernel) on the CPU, jax.nn.dot_product_attention ("xla")
+    # elsewhere; "cudnn" selects cuDNN flash attention (GPU, bfloat16 compute).
+    attention_impl: Literal["xla", "cudnn", "rowwise"] | None = None
 
     def __post_init__(self):
         if self.preset not in PRESETS:

@@ -78,8 +78,3 @@ def decoder_encoding(row, col, time, pos_scale, dim: int):
 def segment_mask(seg_q, seg_k):
     """(R, Lq, Lk) True where query and key are real tokens of the same sample."""
     return (seg_q[:, :, None] == seg_k[:, None, :]) & (seg_q[:, :, None] >= 0)
-
-
-def check_rope_dims(head_dim: int):
-    if head_dim % 4:
-        raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {head_dim}")

@@ -9,7 +9,6 @@ there. A scanned block stack (stacked 'layers' axis) is unstacked first.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,7 +19,7 @@ from spacenit_jax.model.config import ModelConfig
 _PROJ = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
 
 
-def _block_rename(cfg: ModelConfig, rest: list[str], cross_only: bool) -> list[str]:
+def _block_rename(cfg: ModelConfig, rest: list[str]) -> list[str]:
     """Names inside one transformer block (rest = path after the layer index)."""
     head, *tail = rest
     prenorm = cfg.prenorm
@@ -75,14 +74,14 @@ def torch_name(cfg: ModelConfig, path: tuple) -> tuple[str, str]:
             continue
         if p == "blocks" and parts[i + 1] == "layers":
             out += ["transformer", "layers", parts[i + 2]]
-            out += _block_rename(cfg, parts[i + 3:-1], cross_only=False)
+            out += _block_rename(cfg, parts[i + 3:-1])
             break
         if p == "context_block":
             out += ["context_cross_attn", "layers", "0"]
-            out += _block_rename(cfg, parts[i + 1:-1], cross_only=False)
+            out += _block_rename(cfg, parts[i + 1:-1])
             break
         if p in ("h_block", "w_block", "t_block"):
-            out += [p] + _block_rename(cfg, parts[i + 1:-1], cross_only=False)
+            out += [p] + _block_rename(cfg, parts[i + 1:-1])
             break
         if p == "embed":
             out += ["encoder_to_decoder_embed"]
@@ -211,5 +210,3 @@ def load_flat(model: nnx.Module, flat: Mapping[tuple, np.ndarray]) -> None:
         new.append((path, var.replace(value=np.asarray(value, var.get_value().dtype))))
     nnx.update(model, nnx.from_flat_state(new))
 
-
-_KEY_RE = re.compile(r"^(encoder|target_encoder)\.")

@@ -19,7 +19,6 @@ import json
 import pathlib
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from spacenit_jax.model.config import ModelConfig, config_from_dict
@@ -127,7 +126,3 @@ def write_params_checkpoint(workdir, params, config: dict, step: int = 0) -> pat
     mngr.close()
     (workdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return checkpoint_dir(workdir) / str(step)
-
-
-def to_host(tree):
-    return jax.tree.map(lambda x: jax.device_get(x), tree)
