@@ -37,6 +37,11 @@ def main(argv=None) -> int:
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
              if not f.startswith("--xla_force_host_platform_device_count")]
     flags.append(f"--xla_force_host_platform_device_count={a.devices_per_process}")
+    # Processes compile at different speeds (one may hit the compilation cache, a busy
+    # machine slows another); the first collective must wait for the slowest rather
+    # than abort after XLA's default CPU collective timeout.
+    flags += [f"--xla_cpu_collective_timeout_seconds={int(a.timeout)}",
+              f"--xla_cpu_collective_call_terminate_timeout_seconds={int(a.timeout)}"]
     for i in range(a.num_processes):
         env = dict(os.environ, JAX_PLATFORMS="cpu", SPACENIT_COORDINATOR=f"127.0.0.1:{port}",
                    SPACENIT_NUM_PROCESSES=str(a.num_processes), SPACENIT_PROCESS_ID=str(i),
