@@ -282,6 +282,7 @@ class Trainer:
                                   keep_every=c.checkpoint.keep_every,
                                   async_save=c.checkpoint.async_save)
         iterator = iter(self.pipeline.dataset)
+        multihost.barrier("start")  # processes may be far apart after start-up and compiles
         latest = mngr.latest_step()
         if latest is not None:
             state = self.restore(mngr, latest, iterator)
@@ -311,6 +312,7 @@ class Trainer:
                 if compiled is None:
                     before = counter.count
                     compiled = self.compile(state, batch)
+                    multihost.barrier("step-compiled")  # enter the first collective together
                 state, metrics = compiled(state, batch)
                 info = self._host_info(host, views)
                 if pending is not None:

@@ -48,8 +48,21 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
-def barrier(name: str) -> None:
-    if jax.process_count() > 1:
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+    """Wait until every process reaches `name`.
+
+    Uses the coordination service (not a device collective): processes can be minutes
+    apart (one compiling, one reading a compilation cache), and the CPU collectives
+    give up after 30 s when setting up their first context.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is not None and hasattr(client, "wait_at_barrier"):
+        client.wait_at_barrier(f"spacenit:{name}", int(timeout_s * 1000))
+    else:  # pragma: no cover - older jax
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
