@@ -51,6 +51,12 @@ class Tracker:
             self._progress(step, record)
 
     def _progress(self, step: int, record: dict) -> None:
+        if "loss" not in record:  # e.g. in-loop evaluation results
+            scores = ", ".join(f"{k}={v:.4f}" for k, v in record.items()
+                               if k != "step" and isinstance(v, float) and "/" in k
+                               and k.count("/") == 1 and k.startswith("eval/"))
+            print(f"step {step}: {scores}", file=sys.stderr, flush=True)
+            return
         step_s = record.get("time/step_s")
         eta = ""
         if step_s and math.isfinite(step_s):
