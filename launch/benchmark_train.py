@@ -60,7 +60,7 @@ def build_workload(config, model_cfg, objective, args):
             masks = masking.mask_sample(layout, arrays, p, strategy, rng, 0)
             months = rng.integers(0, 12, size=t)
             prepared.append(packing.prepare_sample(layout, arrays, p, months, masks))
-        view, stats = packing.pack_view(plan, layout, prepared, h)
+        view, _ = packing.pack_view(plan, layout, prepared, h)
         views["view_a" if v == 0 else "view_b"] = view
     return views, plan, n
 
@@ -152,16 +152,12 @@ def main(argv=None) -> int:
 
 def load_config(spec: str, overrides):
     """A config file spec 'path.py[:arg]' with FIELD=VALUE overrides."""
-    import importlib.util
-    import pathlib
-
     import yaml
 
+    from spacenit_jax.eval.tasks import get_config_from_file
+
     path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("benchmark_config", pathlib.Path(path))
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
+    config = get_config_from_file(path, arg or None)
     for item in overrides:
         key, _, value = item.partition("=")
         config.update_from_flattened_dict({key: yaml.safe_load(value)})

@@ -29,3 +29,14 @@ def shared_dir() -> pathlib.Path:
     if not SHARED.exists():
         pytest.fail(f"../shared not found at {SHARED}: the test data lives there")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices in the PyTorch tests: a second thread only waits on busy cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -41,13 +41,7 @@ SPEC15_HEAD_NANO = {  # spec 15, verbatim
     "ema_warmup_steps": 10000, "projection_dim": 128}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matrices: a second thread only waits on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small(preset: str, **kw):

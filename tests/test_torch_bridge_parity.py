@@ -44,13 +44,7 @@ PAD = dict(embed_index=0, sensor=0, group=-1, row=-1, col=-1, time=-1, month=0.0
 VIS, TGT, PRED, ABS = models.VISIBLE, models.TARGET_ONLY, models.PREDICTED, models.ABSENT
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matrices: a second thread only waits on busy cores (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_flat(cfg, kind, seed):

@@ -126,17 +126,22 @@ def load_config_file(spec: str) -> config_dict.ConfigDict:
     """`get_config(arg)` of a config file given as "path.py" or "path.py:arg" (or a bare
     task name such as "synthetic:small", see `resolve_config_path`)."""
     path, _, arg = spec.partition(":")
-    file = resolve_config_path(path)
-    module_spec = importlib.util.spec_from_file_location(f"_eval_config_{file.stem}", file)
+    return as_task_config(get_config_from_file(resolve_config_path(path), arg or None))
+
+
+def get_config_from_file(file, arg=None) -> config_dict.ConfigDict:
+    """`get_config(arg)` of any ml-collections config file (pretraining or evaluation)."""
+    file = pathlib.Path(file)
+    module_spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {file} has no get_config(arg=None) function")
-    cfg = module.get_config(arg or None)
+    cfg = module.get_config(arg)
     if not isinstance(cfg, config_dict.ConfigDict):
         raise ValueError(f"{file}: get_config returned {type(cfg).__name__}, expected a "
                          "ml_collections ConfigDict")
-    return as_task_config(cfg)
+    return cfg
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
