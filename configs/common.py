@@ -45,6 +45,8 @@ def _model_overrides() -> ConfigDict:
         "ema_momentum_end": config_dict.placeholder(float),
         "ema_warmup_steps": config_dict.placeholder(int),
         "base_patch_size": config_dict.placeholder(int),
+        "max_grid": config_dict.placeholder(int),
+        "max_timesteps": config_dict.placeholder(int),
     })
 
 

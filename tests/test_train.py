@@ -166,6 +166,10 @@ def test_startup_errors_are_clear(tmp_path, dataset):
         loop.Trainer.create(smoke(dataset, **{"mesh.fsdp": 3}), tmp_path)
     with pytest.raises(ValueError, match="6 rows per step.*data x fsdp = 8"):
         loop.Trainer.create(smoke(dataset, **{"data.rows": 6}), tmp_path)
+    with pytest.raises(ValueError, match="hw_p=4 patches a side exceeds the model's max_grid 3"):
+        loop.Trainer.create(smoke(dataset, **{"model.overrides.max_grid": 3}), tmp_path)
+    with pytest.raises(ValueError, match="timesteps, more than the model's max_timesteps 1"):
+        loop.Trainer.create(smoke(dataset, **{"model.overrides.max_timesteps": 1}), tmp_path)
     out = subprocess.run(
         [sys.executable, "-m", "launch.pretrain", "--config", "configs/nano.py:smoke",
          "--workdir", str(tmp_path), "--config.total_stepz=3"],

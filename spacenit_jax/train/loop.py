@@ -35,6 +35,18 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+def check_position_limits(model_cfg: ModelConfig, plan) -> None:
+    """The original's position tables stop at max_grid / max_timesteps (it raises beyond);
+    our RoPE is analytic and would silently go past them, so refuse such data plans."""
+    for s in plan.shapes:
+        if s.hw_p > model_cfg.max_grid:
+            raise ValueError(f"data crop size hw_p={s.hw_p} patches a side exceeds the model's "
+                             f"max_grid {model_cfg.max_grid} (config.data.hw_p_list)")
+        if s.t_out > model_cfg.max_timesteps:
+            raise ValueError(f"data crop size hw_p={s.hw_p} keeps {s.t_out} timesteps, more than "
+                             f"the model's max_timesteps {model_cfg.max_timesteps}")
+
+
 def model_config(config: ConfigDict) -> ModelConfig:
     m = config.model
     overrides = {k: v for k, v in m.overrides.items() if v is not None}
@@ -218,6 +230,7 @@ class Trainer:
 
         data_path = resolve_dataset(config, workdir)
         pipeline = make_pipeline(pipeline_config(config, data_path, objective), model_cfg.layout)
+        check_position_limits(model_cfg, pipeline.plan)
         tx, schedule = step.make_optimizer(step.OptimizerConfig(**config.optimizer.to_dict()),
                                            config.total_steps)
         init = functools.partial(step.init_train_state, model_cfg, objective, tx,
