@@ -142,6 +142,18 @@ def test_row_length_suggestions():
     assert rows[1]["cost_weighted_efficiency"] > rows[0]["cost_weighted_efficiency"]
 
 
+def test_padding_floor_bounds_every_plan():
+    hws = range(1, 13)
+    floor = packing.PackingPlan.build(NANO, 2250, hws, 1, 2192, OFFICIAL).padding_floor()
+    assert 0.05 < floor < 0.12  # the split of VISIBLE / PREDICTED varies with hw_p
+    for lt in (2192, 4376, 22000):
+        plan = packing.PackingPlan.build(NANO, 2250, hws, 1, lt, OFFICIAL)
+        assert plan.report()["expected"]["pad_overall"] >= floor - 1e-3
+    # one crop size: equal samples, the streams can be sized exactly
+    one = packing.PackingPlan.build(NANO, 2250, [4], 1, 1264, OFFICIAL)
+    assert one.padding_floor() < 1e-3
+
+
 @pytest.mark.parametrize("preset", ["design_card", "reference_v1"])
 def test_matmul_xp_matches_tokenization_numpy(preset):
     from spacenit_jax.tokenization import sensor_patches
