@@ -7,7 +7,8 @@ The workload is B samples of the config's sensors cropped to H x H patches of si
 with T timesteps (random normalised values, no missing data, the config's masking), packed
 with the config's row geometry for that crop (or --row-length). Prints one JSON line:
 step_s_median, tokens_per_s (real input tokens of every view, padding excluded),
-samples_per_s, mfu (analytic model FLOPs against --peak-flops per device),
+samples_per_s, mfu (analytic model FLOPs against --peak-flops per device; "measure":
+the speed of a 2048^3 matmul in the compute dtype on this device, for CPUs),
 peak_memory_bytes and compilations (of the train step while timing; must be 0).
 """
 
@@ -76,10 +77,12 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--row-length", type=int, default=0,
                     help="token-stream row length (default: one workload sample, aligned to 8)")
-    ap.add_argument("--row-multiple", type=int, default=1,
-                    help="round the row count up to a multiple of this (devices)")
-    ap.add_argument("--peak-flops", type=float, default=None,
-                    help="peak FLOP/s per device (default: the config's peak_flops_per_device)")
+    ap.add_argument("--row-multiple", type=int, default=0,
+                    help="round the row count up to a multiple of this (default: the "
+                         "mesh's data x fsdp size, so rows split over the devices)")
+    ap.add_argument("--peak-flops", default=None,
+                    help="peak FLOP/s per device, or 'measure' (a 2048^3 matmul here); "
+                         "default: the config's peak_flops_per_device")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="config overrides, e.g. model.compute_dtype=bfloat16")
@@ -94,8 +97,10 @@ def main(argv=None) -> int:
     config = load_config(args.config, args.set)
     model_cfg = loop.model_config(config)
     objective = loop.objective_config(config)
-    views, plan, n = build_workload(config, model_cfg, objective, args)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    if not args.row_multiple:
+        args.row_multiple = mesh.shape["data"] * mesh.shape["fsdp"]
+    views, plan, n = build_workload(config, model_cfg, objective, args)
     tx, schedule = step.make_optimizer(step.OptimizerConfig(**config.optimizer.to_dict()),
                                        config.total_steps)
     abstract = jax.eval_shape(lambda: step.init_train_state(model_cfg, objective, tx, seed=0))
@@ -125,7 +130,10 @@ def main(argv=None) -> int:
     input_tokens = sum(int((v.tokens.segment >= 0).sum()) for v in views.values())
     slots = sum(v.tokens.segment.size for v in views.values())
     model_flops = flops.train_step_flops(model_cfg, views, objective.masked)
-    peak = args.peak_flops or config.peak_flops_per_device
+    if args.peak_flops == "measure":
+        peak = flops.measured_matmul_flops(model_cfg.compute_dtype)
+    else:
+        peak = float(args.peak_flops or config.peak_flops_per_device)
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         memory, source = int(stats["peak_bytes_in_use"]), "device"
@@ -140,7 +148,8 @@ def main(argv=None) -> int:
         "row_length": plan.row_length, "step_s_median": step_s,
         "step_s_min": min(times), "tokens_per_s": input_tokens / step_s,
         "samples_per_s": args.samples / step_s, "padding_fraction": 1 - input_tokens / slots,
-        "model_flops_per_step": model_flops, "mfu": model_flops / step_s / (peak * jax.device_count()),
+        "model_flops_per_step": model_flops, "model_flops_per_s": model_flops / step_s,
+        "mfu": model_flops / step_s / (peak * jax.device_count()),
         "peak_flops_per_device": peak, "peak_memory_bytes": memory,
         "peak_memory_source": source, "compile_s": compile_s,
         "compilations": counter.count - before,

@@ -582,3 +582,14 @@ def test_refuses_pickled_objects_and_bad_configs(tmp_path):
     with pytest.raises(rc.ReferenceFormatError, match="neither a top-level \"model\""):
         im.read_source(out)
     assert im.main(["--source", str(out), "--out", str(tmp_path / "jax")]) == 2
+
+
+@pytest.mark.parametrize("autocast", ["none", "bf16"])
+def test_benchmark_step_prints_one_json_line(capsys, autocast):
+    from torch_bridge import benchmark_step
+
+    assert benchmark_step.main(["--samples", "2", "--crop-patches", "2", "--timesteps", "2",
+                                "--steps", "1", "--warmup", "0", "--autocast", autocast]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["precision"] == ("bf16 autocast" if autocast == "bf16" else "float32")
+    assert out["tokens_per_s"] > 0 and np.isfinite(out["loss"])

@@ -7,7 +7,9 @@ The step is the latest original's ContrastiveLatentMIM step (spec data section 8
 by our PyTorch twin of the original (torch_model.py, state-dict and output parity with
 the original): EMA update, two masked views through the LatentPredictor, patch
 discrimination (tau 0.1) + 0.1 x InfoNCE of the pooled online encodings, backward,
-gradient clipping at 1.0, AdamW (lr 1e-4, wd 0.02), in float32 on the CPU. Same workload
+gradient clipping at 1.0, AdamW (lr 1e-4, wd 0.02), on the CPU in float32, or with
+`--autocast bf16` under bfloat16 autocast around the model calls as the official recipe
+trains (losses outside autocast, on its bf16 outputs, like the original). Same workload
 as launch.benchmark_train: B samples of the official sensors cropped to H x H patches
 of size P with T timesteps and the official masking. Prints one JSON line.
 """
@@ -79,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--autocast", choices=("none", "bf16"), default="none",
+                    help="bf16: torch.autocast around the model calls (the official recipe)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,12 +97,17 @@ def main(argv=None) -> int:
     months = torch.from_numpy(rng.integers(0, 12, size=(args.samples, args.timesteps)))
     tokens = int(sum((v != 3).sum() for _, v in views))
 
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16")
+
     def one_step():
         model.step_ema()
-        outs = [model(x, visibility_mask=v, patch_size=args.patch_size, month_indices=months)
-                for x, v in views]
+        with autocast():
+            outs = [model(x, visibility_mask=v, patch_size=args.patch_size, month_indices=months)
+                    for x, v in views]
+            pooled = [model.online_proj(o["encoder_pooled"]) for o in outs]
         pd = 0.5 * sum(patch_discrimination(o["predictions"], o["targets"]) for o in outs)
-        z = [F.normalize(model.online_proj(o["encoder_pooled"]), dim=-1) for o in outs]
+        z = [F.normalize(x, dim=-1) for x in pooled]
         loss = pd + 0.1 * info_nce(z[0], z[1])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -115,7 +124,8 @@ def main(argv=None) -> int:
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     print(json.dumps({
-        "implementation": "original's official step (PyTorch twin), float32 CPU",
+        "implementation": "original's official step (PyTorch twin), CPU",
+        "precision": "bf16 autocast" if args.autocast == "bf16" else "float32",
         "size": args.size, "samples": args.samples, "patch_size": args.patch_size,
         "crop_patches": args.crop_patches, "timesteps": args.timesteps,
         "torch_threads": torch.get_num_threads(), "step_s_median": step_s,

@@ -93,3 +93,22 @@ def train_step_flops(cfg: ModelConfig, views: dict, masked: bool = True) -> floa
         if masked:
             total += 3 * decoder_forward(cfg, view.decoder.segment, view.online.segment)
     return total
+
+
+def measured_matmul_flops(dtype: str = "float32", n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of one n x n x n matmul on the default device: a practical peak where no
+    datasheet figure applies (e.g. a CPU), so MFU there means "share of dense-matmul speed"."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    f(x, x).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(x, x).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
