@@ -61,7 +61,7 @@ def base_config(preset: str, size: str, smoke: bool, objective: str) -> ConfigDi
     c.max_nonfinite_steps = 20  # consecutive skipped updates before stopping
     c.stop_at_step = 0  # >0: checkpoint and stop there as if preempted (time-limited jobs)
     c.model = ConfigDict({
-        "preset": preset, "size": size, "sensor_labels": list(sensors.OFFICIAL_SENSORS),
+        "preset": preset, "size": size, "sensor_labels": tuple(sensors.OFFICIAL_SENSORS),
         "overrides": _model_overrides(), "compute_dtype": "float32", "scan_layers": False,
         "remat": "none", "attention_impl": config_dict.placeholder(str),
     })
@@ -80,12 +80,12 @@ def base_config(preset: str, size: str, smoke: bool, objective: str) -> ConfigDi
     c.data = ConfigDict({
         "path": "",  # empty: generate the synthetic H5 dataset into <workdir>/data
         "synthetic_samples": 4096, "synthetic_tile_size": 64,
-        "token_budget": 2250, "patch_sizes": list(range(1, 9)), "hw_p_list": list(range(1, 13)),
+        "token_budget": 2250, "patch_sizes": tuple(range(1, 9)), "hw_p_list": tuple(range(1, 13)),
         "rows": 16,  # rows per process and step
         "row_length": config_dict.placeholder(int),
         "masking": {"type": "cross_sensor_random", "base_encode_ratio": 0.5,
                     "base_decode_ratio": 0.5,
-                    "decode_only_sensors": list(sensors.OFFICIAL_DECODE_ONLY)},
+                    "decode_only_sensors": tuple(sensors.OFFICIAL_DECODE_ONLY)},
         "augmentation": "dihedral", "normalize": True, "num_workers": 4,
         "bad_sample_policy": "raise", "dtype": "float32",
     })
@@ -98,7 +98,7 @@ def base_config(preset: str, size: str, smoke: bool, objective: str) -> ConfigDi
     # warning when $GEOBENCH_DIR is not set) and the built-in synthetic task. every > 0
     # overrides every task's own interval.
     c.eval = ConfigDict({"every": 0, "run_on_test": False,
-                         "tasks": ["configs/eval/m_eurosat.py", "configs/eval/synthetic.py"]})
+                         "tasks": ("configs/eval/m_eurosat.py", "configs/eval/synthetic.py")})
     if smoke:
         shrink(c)
     return c
@@ -108,7 +108,7 @@ def shrink(c: ConfigDict) -> None:
     """Smoke settings: a tiny model, a small synthetic dataset, a few steps, CPU-friendly."""
     c.total_steps = 20
     c.log_every = 1
-    c.model.sensor_labels = ["sentinel2_l2a", "sentinel1", "worldcover", "srtm"]
+    c.model.sensor_labels = ("sentinel2_l2a", "sentinel1", "worldcover", "srtm")
     c.model.overrides.embed_dim = 64
     c.model.overrides.depth = 2
     c.model.overrides.num_heads = 4
@@ -121,12 +121,12 @@ def shrink(c: ConfigDict) -> None:
     c.data.synthetic_samples = 64
     c.data.synthetic_tile_size = 32
     c.data.token_budget = 200
-    c.data.patch_sizes = [2, 4, 8]
-    c.data.hw_p_list = [1, 2, 3, 4]
+    c.data.patch_sizes = (2, 4, 8)
+    c.data.hw_p_list = (1, 2, 3, 4)
     c.data.rows = 8  # divisible by 1, 2, 4 or 8 devices
     c.data.num_workers = 0
-    c.data.masking.decode_only_sensors = ["worldcover", "srtm"]
+    c.data.masking.decode_only_sensors = ("worldcover", "srtm")
     c.checkpoint.every = 10
     c.checkpoint.async_save = False
-    c.eval.tasks = ["configs/eval/synthetic.py:small"]
+    c.eval.tasks = ("configs/eval/synthetic.py:small",)
     c.eval.every = 10

@@ -15,5 +15,5 @@ def get_config(arg=None):
     c.objective.contrastive_temperature = 0.07
     c.objective.uniformity_weight = 0.01
     c.data.masking = ConfigDict({"type": "none"})
-    c.data.patch_sizes = [p for p in c.data.patch_sizes if p <= 16]
+    c.data.patch_sizes = tuple(p for p in c.data.patch_sizes if p <= 16)
     return c

@@ -305,7 +305,8 @@ class Trainer:
         start = int(jax.device_get(state.step))
         tracker = tracking.Tracker(self.workdir, total_steps=c.total_steps, config=resolved,
                                    enabled=main, wandb_mode=c.wandb.mode,
-                                   wandb_project=c.wandb.project, wandb_entity=c.wandb.entity)
+                                   wandb_project=c.wandb.project, wandb_entity=c.wandb.entity,
+                                   start_step=start)
         evaluator = self._evaluator()
         preempt = _Preemption()
         counter = compile_counter()

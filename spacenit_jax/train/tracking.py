@@ -2,6 +2,8 @@
 
 W&B runs offline unless the config asks for an online run (or WANDB_MODE says so); the
 run id is kept in <workdir>/wandb_run_id.txt so a resumed run continues the same W&B run.
+A run resumed from step s first drops the metrics.jsonl records after s (steps that a
+crash made the run repeat) and any torn last line, so the file holds each step once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class Tracker:
     def __init__(self, workdir, *, total_steps: int, config: dict | None = None,
                  enabled: bool = True, wandb_mode: str = "offline", wandb_project: str = "spacenit-jax",
                  wandb_entity: str | None = None, run_name: str | None = None,
-                 progress: bool = True):
+                 progress: bool = True, start_step: int = 0):
         self.workdir = pathlib.Path(workdir)
         self.enabled = enabled
         self.total_steps = total_steps
@@ -33,7 +35,10 @@ class Tracker:
         if not enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.workdir / "metrics.jsonl", "a", buffering=1)
+        path = self.workdir / "metrics.jsonl"
+        if path.exists():
+            _truncate_after(path, start_step)
+        self._file = open(path, "a", buffering=1)
         mode = os.environ.get("WANDB_MODE", wandb_mode)
         if mode != "disabled":
             self._wandb = _start_wandb(self.workdir, mode, wandb_project, wandb_entity,
@@ -97,8 +102,34 @@ def _start_wandb(workdir: pathlib.Path, mode: str, project, entity, name, config
     os.environ.setdefault("WANDB_DIR", str(workdir))
     os.environ.setdefault("WANDB_CACHE_DIR", str(workdir / "wandb_cache"))
     os.environ.setdefault("WANDB_SILENT", "true")
-    return wandb.init(project=project, entity=entity, name=name, id=run_id, resume="allow",
-                      mode=mode, dir=str(workdir), config=config)
+    try:
+        return wandb.init(project=project, entity=entity, name=name, id=run_id,
+                          resume="allow", mode=mode, dir=str(workdir), config=config)
+    except Exception as e:  # a logging service must not stop (or block resuming) a run
+        log.warning("W&B run %s could not start (%s: %s); metrics go to metrics.jsonl only",
+                    run_id, type(e).__name__, e)
+        return None
+
+
+def _truncate_after(path: pathlib.Path, step: int) -> None:
+    """Keep the records of steps <= step (atomically); unparsable lines are torn writes."""
+    kept, dropped, torn = [], 0, 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            torn += 1
+            continue
+        if int(record.get("step", 0)) <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped or torn:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+        log.warning("metrics.jsonl: resuming at step %d, dropped %d records of later steps "
+                    "and %d unreadable lines", step, dropped, torn)
 
 
 def _plain(v):
