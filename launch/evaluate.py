@@ -197,8 +197,10 @@ def run_checkpoint_mode(args, overrides: list[str]) -> dict:
     if not args.config:
         raise ValueError("--checkpoint needs --config (an eval task config such as "
                          "configs/eval/m_eurosat.py)")
+    if args.mode:  # checked with the rest of the config (e.g. no kNN for segmentation)
+        overrides = [*overrides, f"mode={args.mode}"]
     cfg = tasks.apply_overrides(tasks.load_config_file(args.config), overrides)
-    mode = args.mode or cfg.mode
+    mode = cfg.mode
     start = time.perf_counter()
     loaded = features.load_model(args.checkpoint, args.step)
     splits = ("train", "valid", "test") if cfg.run_on_test else ("train", "valid")

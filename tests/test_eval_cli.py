@@ -138,3 +138,31 @@ def test_checkpoint_mode_finetune_resumes_from_its_directory(workdir, tmp_path, 
 def test_checkpoint_mode_config_errors(workdir, capsys, extra, message):
     assert evaluate.main(["--checkpoint", str(workdir), "--config", SMALL, *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+SEGMENTATION = str(REPO / "configs/eval/synthetic_segmentation.py:small")
+
+
+@pytest.mark.parametrize("mode", ["linear_probe", "finetune"])
+def test_checkpoint_mode_segmentation(workdir, tmp_path, capsys, mode):
+    out = tmp_path / "seg.json"
+    assert evaluate.main(["--checkpoint", str(workdir), "--config", SEGMENTATION, "--mode",
+                          mode, "--out", str(out), "--config.n_bootstrap=20"]) == 0
+    table = capsys.readouterr().out
+    assert f"synthetic_segmentation  {mode}" in table and "miou *" in table
+    rows = {(r["split"], r["metric"]): r for r in json.loads(out.read_text())["results"]}
+    assert rows[("valid", "miou")]["primary"]
+    assert {"overall_accuracy", "macro_f1"} <= {m for _, m in rows}
+    assert 0 <= rows[("test", "miou")]["value"] <= 1
+    ci = [m for s, m in rows if s == "test" and m not in ("miou", "overall_accuracy",
+                                                         "macro_accuracy", "macro_f1")]
+    assert ci, rows.keys()  # bootstrap rows of the test mIoU
+
+
+def test_segmentation_task_refuses_knn_and_pooled_features(workdir, capsys):
+    assert evaluate.main(["--checkpoint", str(workdir), "--config", SEGMENTATION,
+                          "--mode", "knn"]) == 2
+    assert "kNN classifies whole images" in capsys.readouterr().err
+    assert evaluate.main(["--checkpoint", str(workdir), "--config", SEGMENTATION,
+                          "--config.pooling=mean"]) == 2
+    assert "needs pooling 'spatial'" in capsys.readouterr().err

@@ -84,3 +84,12 @@ def test_bad_task_lists_are_refused():
         hook.InLoopEvaluator([small_task(), small_task()])
     with pytest.raises(ValueError, match="unknown field 'every_n_step'"):
         hook.load_tasks([f"{CONFIGS}/synthetic.py"], ["every_n_step=5"])
+
+
+def test_segmentation_task_in_the_loop():
+    task = hook.load_tasks([f"{CONFIGS}/synthetic_segmentation.py:small"],
+                           ["every_n_steps=1"])[0]
+    out = hook.InLoopEvaluator([task]).maybe_evaluate(1, tiny_model())
+    assert out["eval/synthetic_segmentation"] == out["eval/synthetic_segmentation/miou"]
+    assert 0 <= out["eval/synthetic_segmentation"] <= 1
+    assert "eval/synthetic_segmentation/macro_f1" in out

@@ -19,7 +19,8 @@ Interface for the training loop:
 - `maybe_evaluate(step, model)` runs every task with step > 0 and step % every_n_steps == 0
   (every_n_steps <= 0 disables a task) and returns floats:
       "eval/<task>/<metric>"       scores on the validation split
-      "eval/<task>"                the primary score (accuracy; micro-F1 for multilabel)
+      "eval/<task>"                the primary score (accuracy; micro-F1 for multilabel;
+                                   mIoU for segmentation)
       "eval/test/<task>/<metric>"  with run_on_test=True (and bootstrap stats if configured)
       "eval_time/<task>"           seconds spent on the task (loading included)
   `evaluate(model)` runs every task now (e.g. before training, the reference's

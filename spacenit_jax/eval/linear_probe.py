@@ -197,10 +197,16 @@ def probe_logits(params, standardizer, x, *, config: ProbeConfig,
     out = z @ params["w"] + params["b"]
     if config.task != "segmentation":
         return out
-    g, c = geometry, config.num_classes
+    return token_logits_to_pixels(out, geometry, config.num_classes)
+
+
+def token_logits_to_pixels(out, g: SegGeometry, num_classes: int) -> jnp.ndarray:
+    """(B, Hp*Wp, C*s*s) per-token logits -> (B, H, W, C): each token's s x s pixel block,
+    then a bilinear resize (align_corners) to the label size (the reference's head)."""
     b = out.shape[0]
-    out = out.reshape(b, g.grid_h, g.grid_w, c, g.scale, g.scale)
-    out = out.transpose(0, 1, 4, 2, 5, 3).reshape(b, g.grid_h * g.scale, g.grid_w * g.scale, c)
+    out = out.reshape(b, g.grid_h, g.grid_w, num_classes, g.scale, g.scale)
+    out = out.transpose(0, 1, 4, 2, 5, 3).reshape(b, g.grid_h * g.scale, g.grid_w * g.scale,
+                                                  num_classes)
     return resize_bilinear_align_corners(out, (g.label_h, g.label_w))
 
 
@@ -430,11 +436,7 @@ def score_predictions(preds, y, config: ProbeConfig) -> dict[str, float]:
         f1 = float(metrics.micro_f1(preds, y))
         return {"primary": f1, "micro_f1": f1, "exact_match": float(metrics.exact_match(preds, y))}
     if config.task == "segmentation":
-        scores = metrics.segmentation_scores(
-            metrics.confusion_matrix(jnp.asarray(preds), jnp.asarray(y, jnp.int32),
-                                     config.num_classes))
-        out = {k: float(v) for k, v in scores.items() if k != "per_class_iou"}
-        return {"primary": out["miou"], **out}
+        return metrics.segmentation_summary(preds, y, config.num_classes)
     acc = float(metrics.accuracy(preds, y))
     return {"primary": acc, "accuracy": acc}
 

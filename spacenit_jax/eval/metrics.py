@@ -17,6 +17,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 IGNORE_INDEX = -1
 _EPS = 1e-8
@@ -122,3 +123,17 @@ def segmentation_scores(confusion) -> dict[str, jnp.ndarray]:
         "macro_f1": jnp.sum(jnp.where(has_gt, f1, 0.0)) / n_gt,
         "per_class_iou": iou,
     }
+
+
+def per_sample_confusion(predictions, labels, num_classes: int) -> np.ndarray:
+    """(N, C, C) confusion matrices of N segmentation maps (for bootstrapping mIoU)."""
+    fn = jax.vmap(lambda p, y: confusion_matrix(p, y, num_classes))
+    return np.asarray(fn(jnp.asarray(predictions, jnp.int32), jnp.asarray(labels, jnp.int32)))
+
+
+def segmentation_summary(predictions, labels, num_classes: int) -> dict[str, float]:
+    """Host scores of segmentation maps: primary = mIoU, accuracies, macro F1."""
+    cm = confusion_matrix(jnp.asarray(predictions, jnp.int32), jnp.asarray(labels, jnp.int32),
+                          num_classes)
+    out = {k: float(v) for k, v in segmentation_scores(cm).items() if k != "per_class_iou"}
+    return {"primary": out["miou"], **out}

@@ -54,20 +54,52 @@ class SyntheticClassification:
         """Classes cycle through the split so every split is balanced."""
         return index % self.num_classes
 
-    def __getitem__(self, index: int) -> EvalSample:
+    def render(self, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(H, W, 1, C) float32 image whose pixel (y, x) shows class classes[y, x]."""
+        yy, xx = np.mgrid[0 : self.image_size, 0 : self.image_size].astype(np.float64)
+        proj = xx * np.cos(self.angles[classes]) + yy * np.sin(self.angles[classes])
+        texture = np.sin(2 * np.pi * self.frequencies[classes] * proj + rng.uniform(0, 2 * np.pi))
+        brightness = rng.uniform(0.9, 1.1)
+        image = self.signatures[classes] * brightness * (1.0 + 0.25 * texture[..., None])
+        image = image + rng.normal(0.0, self.noise, image.shape)
+        return image[:, :, None, :].astype(np.float32)
+
+    def _rng(self, index: int) -> np.random.Generator:
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} outside [0, {self.num_samples})")
+        return np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index])
+
+    def __getitem__(self, index: int) -> EvalSample:
+        rng = self._rng(index)
         c = self.label(index)
-        rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], index])
-        yy, xx = np.mgrid[0 : self.image_size, 0 : self.image_size].astype(np.float64)
-        proj = xx * np.cos(self.angles[c]) + yy * np.sin(self.angles[c])
-        texture = np.sin(2 * np.pi * self.frequencies[c] * proj + rng.uniform(0, 2 * np.pi))
-        brightness = rng.uniform(0.9, 1.1)
-        image = self.signatures[c] * brightness * (1.0 + 0.25 * texture[..., None])
-        image = image + rng.normal(0.0, self.noise, image.shape)
-        return EvalSample(image[:, :, None, :].astype(np.float32), c, self.sensor,
+        classes = np.full((self.image_size, self.image_size), c)
+        return EvalSample(self.render(classes, rng), c, self.sensor,
                           f"synthetic_{self.split}_{index}", DEFAULT_TIMESTAMPS.copy())
 
     def load_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """All samples stacked: images (N, H, W, 1, 12) and labels (N,)."""
         return stack_samples(self)
+
+
+class SyntheticSegmentation(SyntheticClassification):
+    """Per-pixel labels: the image is a grid of block x block tiles, each showing one class
+    (the classification set's signature and texture); the label is the (H, W) int32 map of
+    tile classes. A pure function of (seed, split, index) like the classification set."""
+
+    def __init__(self, split: str = "train", *, block: int = 8, **kwargs):
+        super().__init__(split, **kwargs)
+        if block < 1 or self.image_size % block:
+            raise ValueError(f"block {block} must divide image_size {self.image_size}")
+        self.block = block
+
+    def label(self, index: int) -> np.ndarray:
+        tiles = self.image_size // self.block
+        classes = self._rng(index).integers(0, self.num_classes, (tiles, tiles))
+        return np.kron(classes, np.ones((self.block, self.block), np.int64)).astype(np.int32)
+
+    def __getitem__(self, index: int) -> EvalSample:
+        labels = self.label(index)
+        image = self.render(labels, np.random.default_rng([self.seed, _SPLIT_IDS[self.split],
+                                                           index, 1]))
+        return EvalSample(image, labels, self.sensor, f"synthetic_seg_{self.split}_{index}",
+                          DEFAULT_TIMESTAMPS.copy())

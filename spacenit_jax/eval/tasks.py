@@ -5,11 +5,14 @@ A task config is an ml_collections ConfigDict (see `configs/eval/m_eurosat.py`, 
 
     name                  task name used in result rows and metric keys
     dataset.kind          "geobench" (GeoBench v1 classification) | "synthetic" (built in)
+                          | "synthetic_segmentation" (built in, per-pixel labels)
     dataset.*             geobench: name, root (None: $GEOBENCH_DIR), partition, norm
                           ("pretrained" = the pretraining stats of the sensor, or a dataset
                           NormMethod), fix_band_labels, train/valid/test_split;
-                          synthetic: num_classes, image_size, seed, noise, *_size
-    mode                  "knn" | "linear_probe" | "finetune"
+                          synthetic: num_classes, image_size, seed, noise, *_size;
+                          synthetic_segmentation: the same plus block (tile side)
+    mode                  "knn" | "linear_probe" | "finetune" (segmentation: no knn, and
+                          pooling "spatial")
     patch_size, representation, pooling, use_months, gsd, embedding_batch_size
     run_on_test           also score the test split
     every_n_steps         in-loop evaluation interval (the hook only)
@@ -30,12 +33,14 @@ import time
 import numpy as np
 from ml_collections import config_dict
 
-from spacenit_jax.eval import bootstrap, geobench, knn, linear_probe
+from spacenit_jax.eval import bootstrap, geobench, knn, linear_probe, metrics
 from spacenit_jax.eval import features as feat
-from spacenit_jax.eval.synthetic import SyntheticClassification
+from spacenit_jax.eval.synthetic import SyntheticClassification, SyntheticSegmentation
 
 MODES = ("knn", "linear_probe", "finetune")
 SPLITS = ("train", "valid", "test")
+DATASET_KINDS = ("geobench", "synthetic", "synthetic_segmentation")
+PRIMARY = {"classification": "accuracy", "multilabel": "micro_f1", "segmentation": "miou"}
 
 # --------------------------------------------------------------------------- configs
 
@@ -50,8 +55,17 @@ def geobench_dataset(name: str = "m-eurosat", root: str | None = None) -> config
 
 
 def synthetic_dataset(**overrides) -> config_dict.ConfigDict:
-    cfg = {"kind": "synthetic", "num_classes": 10, "image_size": 32, "seed": 0, "noise": 0.05,
-           "train_size": 300, "valid_size": 100, "test_size": 100}
+    return _synthetic({"kind": "synthetic"}, overrides)
+
+
+def synthetic_segmentation_dataset(**overrides) -> config_dict.ConfigDict:
+    return _synthetic({"kind": "synthetic_segmentation", "num_classes": 4, "block": 8},
+                      overrides)
+
+
+def _synthetic(fields: dict, overrides: dict) -> config_dict.ConfigDict:
+    cfg = {"num_classes": 10, "image_size": 32, "seed": 0, "noise": 0.05,
+           "train_size": 300, "valid_size": 100, "test_size": 100, **fields}
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
         raise ValueError(f"unknown synthetic dataset fields {unknown}; known: {sorted(cfg)}")
@@ -99,9 +113,16 @@ def as_task_config(task) -> config_dict.ConfigDict:
         raise ValueError(f"task {cfg.name!r}: pooling must be one of {feat.POOLINGS}, got "
                          f"{cfg.pooling!r}")
     feat.canonical_representation(cfg.representation)
-    if cfg.dataset.get("kind") not in ("geobench", "synthetic"):
-        raise ValueError(f"task {cfg.name!r}: dataset.kind must be 'geobench' or 'synthetic', "
+    if cfg.dataset.get("kind") not in DATASET_KINDS:
+        raise ValueError(f"task {cfg.name!r}: dataset.kind must be one of {DATASET_KINDS}, "
                          f"got {cfg.dataset.get('kind')!r}")
+    if cfg.dataset.kind == "synthetic_segmentation":
+        if cfg.mode == "knn":
+            raise ValueError(f"task {cfg.name!r}: kNN classifies whole images; a segmentation "
+                             "task needs mode 'linear_probe' or 'finetune'")
+        if cfg.pooling != "spatial":
+            raise ValueError(f"task {cfg.name!r}: a segmentation task needs pooling "
+                             f"'spatial' (one feature per patch position), got {cfg.pooling!r}")
     return cfg
 
 
@@ -205,18 +226,20 @@ def apply_overrides(cfg: config_dict.ConfigDict, overrides) -> config_dict.Confi
 # --------------------------------------------------------------------------- datasets
 
 
-def task_info(cfg) -> tuple[int, bool]:
-    """(num_classes, multilabel) of a task's dataset."""
+def task_info(cfg) -> tuple[int, str]:
+    """(num_classes, "classification" | "multilabel" | "segmentation") of a task's dataset."""
     ds = cfg.dataset
     if ds.kind == "synthetic":
-        return int(ds.num_classes), False
+        return int(ds.num_classes), "classification"
+    if ds.kind == "synthetic_segmentation":
+        return int(ds.num_classes), "segmentation"
     task = geobench.get_task(ds.name)
-    return task.num_classes, task.multilabel
+    return task.num_classes, "multilabel" if task.multilabel else "classification"
 
 
 def task_sensor(cfg) -> str:
     """The sensor whose images the task's dataset holds."""
-    if cfg.dataset.kind == "synthetic":
+    if cfg.dataset.kind.startswith("synthetic"):
         return SyntheticClassification.sensor
     return geobench.get_task(cfg.dataset.name).sensor
 
@@ -230,11 +253,12 @@ def load_split(cfg, split: str):
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     ds = cfg.dataset
-    if ds.kind == "synthetic":
-        return SyntheticClassification(split, num_samples=int(ds[f"{split}_size"]),
-                                       num_classes=int(ds.num_classes),
-                                       image_size=int(ds.image_size), seed=int(ds.seed),
-                                       noise=float(ds.noise))
+    if ds.kind.startswith("synthetic"):
+        kw = dict(num_samples=int(ds[f"{split}_size"]), num_classes=int(ds.num_classes),
+                  image_size=int(ds.image_size), seed=int(ds.seed), noise=float(ds.noise))
+        if ds.kind == "synthetic_segmentation":
+            return SyntheticSegmentation(split, block=int(ds.block), **kw)
+        return SyntheticClassification(split, **kw)
     try:
         return geobench.GeoBenchClassification(ds.root, ds.name, ds[f"{split}_split"],
                                                partition=ds.partition, norm=ds.norm,
@@ -261,8 +285,13 @@ def _bootstrap_rows(cfg, mode, preds, labels, hyper) -> list[dict]:
     n = int(cfg.get("n_bootstrap", 0))
     if n <= 0:
         return []
-    fn = bootstrap.bootstrap_micro_f1 if labels.ndim == 2 else bootstrap.bootstrap_accuracy
-    stats = fn(preds, labels, n, int(cfg.get("bootstrap_seed", 42))).as_dict()
+    seed = int(cfg.get("bootstrap_seed", 42))
+    if labels.ndim == 3:  # segmentation maps: resample per-sample confusion matrices
+        cms = metrics.per_sample_confusion(preds, labels, task_info(cfg)[0])
+        stats = bootstrap.bootstrap_miou(cms, n, seed).as_dict()
+    else:
+        fn = bootstrap.bootstrap_micro_f1 if labels.ndim == 2 else bootstrap.bootstrap_accuracy
+        stats = fn(preds, labels, n, seed).as_dict()
     return [_row(cfg, mode, "test", k, v, hyper) for k, v in stats.items()
             if np.ndim(v) == 0]
 
@@ -276,7 +305,7 @@ def evaluate_features(cfg, mode: str, feats: dict[str, feat.Features], *,
     learning rate on "valid". Returns result rows {task, mode, split, metric, value, primary,
     hyperparameters}.
     """
-    num_classes, multilabel = task_info(cfg)
+    num_classes, task = task_info(cfg)
     splits = eval_splits(cfg) if splits is None else tuple(splits)
     missing = [s for s in ("train", *splits) if s not in feats]
     if missing:
@@ -286,13 +315,15 @@ def evaluate_features(cfg, mode: str, feats: dict[str, feat.Features], *,
     rep = {"patch_size": int(cfg.patch_size), "representation": cfg.representation,
            "pooling": cfg.pooling}
     if mode == "knn":
+        if task == "segmentation":
+            raise ValueError(f"task {cfg.name!r}: kNN does not apply to segmentation")
         k, tau = int(cfg.knn.k), float(cfg.knn.tau)
         hyper = {**rep, "k": k, "tau": tau}
         for split in splits:
             res = knn.knn_evaluate(train.features, train.labels, feats[split].features,
                                    feats[split].labels, num_classes=num_classes, k=k, tau=tau)
-            rows.append(_row(cfg, mode, split, "micro_f1" if multilabel else "accuracy",
-                             res.accuracy, hyper, primary=True))
+            rows.append(_row(cfg, mode, split, PRIMARY[task], res.accuracy, hyper,
+                             primary=True))
             if split == "test":
                 rows += _bootstrap_rows(cfg, mode, res.predictions, feats[split].labels, hyper)
         return rows
@@ -300,7 +331,7 @@ def evaluate_features(cfg, mode: str, feats: dict[str, feat.Features], *,
         raise ValueError(f"evaluate_features: mode must be 'knn' or 'linear_probe', got {mode!r}")
     p = cfg.probe
     config = linear_probe.ProbeConfig(
-        task="multilabel" if multilabel else "classification", num_classes=num_classes,
+        task=task, num_classes=num_classes,
         epochs=int(p.epochs), batch_size=int(p.batch_size),
         eval_interval=None if p.eval_interval is None else int(p.eval_interval),
         seed=int(p.seed))
@@ -309,7 +340,7 @@ def evaluate_features(cfg, mode: str, feats: dict[str, feat.Features], *,
                                         valid.labels, config=config, lrs=tuple(p.lrs))
     hyper = {**rep, "lr": float(f"{fit.best_lr:.6g}"), "epochs": config.epochs,
              "batch_size": config.batch_size, "lrs": [float(f"{x:.6g}") for x in fit.lrs]}
-    primary = "micro_f1" if multilabel else "accuracy"
+    primary = PRIMARY[task]
     for split in splits:
         preds = fit.predict(feats[split].features)
         scores = linear_probe.score_predictions(preds, feats[split].labels, config)
@@ -323,10 +354,10 @@ def evaluate_features(cfg, mode: str, feats: dict[str, feat.Features], *,
 def finetune_config_from(cfg):
     from spacenit_jax.eval.finetune import FinetuneConfig
 
-    num_classes, multilabel = task_info(cfg)
+    num_classes, task = task_info(cfg)
     f = cfg.finetune
     return FinetuneConfig(
-        task="multilabel" if multilabel else "classification", num_classes=num_classes,
+        task=task, num_classes=num_classes,
         lr=float(f.lr), epochs=int(f.epochs), batch_size=int(f.batch_size),
         eval_batch_size=int(f.eval_batch_size), weight_decay=float(f.weight_decay),
         freeze_fraction=float(f.freeze_fraction),
@@ -352,14 +383,15 @@ def evaluate_finetune(cfg, model, data: dict, *, checkpoint_dir=None, devices=No
              "pooling": config.pooling, "lr": config.lr, "epochs": config.epochs,
              "batch_size": config.batch_size, "best_epoch": result.best_epoch,
              "seconds": round(time.perf_counter() - start, 3)}
-    primary = "exact_match" if config.task == "multilabel" else "accuracy"
+    primary = "exact_match" if config.task == "multilabel" else PRIMARY[config.task]
     rows = []
     for split in eval_splits(cfg):
         if split == "valid":
             scores = result.best_val
         else:
             preds = result.predict(data[split])
-            scores = finetune_score(preds, data[split].labels, config.task)
+            scores = finetune_score(preds, data[split].labels, config.task,
+                                    config.num_classes)
         rows += [_row(cfg, "finetune", split, metric, value, hyper, primary=metric == primary)
                  for metric, value in scores.items() if metric != "primary"]
         if split == "test":
