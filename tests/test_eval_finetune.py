@@ -82,8 +82,9 @@ def test_config_checks():
     assert ft.FinetuneConfig(epochs=50).freeze_epochs == math.ceil(0.2 * 50) == 10
     assert ft.FinetuneConfig(epochs=4).freeze_epochs == 1
     assert ft.FinetuneConfig(task="segmentation").pooling == "spatial"
+    assert ft.FinetuneConfig().pooling == "mean"
     with pytest.raises(ValueError, match="pooling must be one of \\('spatial',\\) for segmentation"):
-        ft.FinetuneConfig(task="segmentation", pooling="max")
+        ft.FinetuneConfig(task="segmentation", pooling="mean")
     with pytest.raises(ValueError, match="pooling"):
         ft.FinetuneConfig(pooling="tokens")
     with pytest.raises(ValueError, match="backbone"):

@@ -90,7 +90,8 @@ class FinetuneConfig:
     min_lr: float = 0.0
     seed: int = 42
     representation: str = "encoder"  # "encoder" | "target_encoder"
-    pooling: str = "mean"  # "mean" | "max" | "attention"; segmentation: "spatial"
+    pooling: str | None = None  # "mean" (default) | "max" | "attention"; segmentation:
+    #                             "spatial" (its default)
     patch_size: int = 4
     use_months: bool = False
     gsd: float | None = None
@@ -98,8 +99,9 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"FinetuneConfig.task must be one of {TASKS}, got {self.task!r}")
-        if self.task == "segmentation" and self.pooling == "mean":
-            object.__setattr__(self, "pooling", "spatial")  # the only one with a token grid
+        if self.pooling is None:  # segmentation needs one feature per patch position
+            object.__setattr__(self, "pooling",
+                               "spatial" if self.task == "segmentation" else "mean")
         rep = feat.canonical_representation(self.representation)
         if rep not in ("encoder", "target_encoder"):
             raise ValueError("FinetuneConfig.representation must be 'encoder' or "
