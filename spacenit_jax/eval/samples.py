@@ -1,8 +1,8 @@
 """The sample format shared by every evaluation dataset (GeoBench reader, synthetic set).
 
 One sensor image per sample, channel-last (H, W, T=1, C) float32 in the SpaceNit band order of
-that sensor (see `spacenit_jax.sensors`), already normalised; a label (int class, or a multi-hot
-vector for multilabel tasks); and timestamps (T, 3) = [day, month index (0-based), year]. The
+that sensor (see `spacenit_jax.sensors`), already normalised; a label (int class, a multi-hot
+vector for multilabel tasks, or an (H, W) class map for segmentation, -1 = ignore); and timestamps (T, 3) = [day, month index (0-based), year]. The
 reference stamps single-date benchmark images [1, 6, 2020] (spec §9.6), and so do we.
 """
 
@@ -19,7 +19,7 @@ DEFAULT_TIMESTAMPS = np.array([[1, 6, 2020]], np.int32)
 @dataclasses.dataclass(frozen=True)
 class EvalSample:
     image: np.ndarray  # (H, W, 1, C) float32
-    label: int | np.ndarray  # class index, or (num_classes,) multi-hot int32
+    label: int | np.ndarray  # class index, (num_classes,) multi-hot, or (H, W) class map
     sensor: str
     name: str = ""
     timestamps: np.ndarray = dataclasses.field(default_factory=DEFAULT_TIMESTAMPS.copy)
