@@ -58,8 +58,8 @@ class Tracker:
     def _progress(self, step: int, record: dict) -> None:
         if "loss" not in record:  # e.g. in-loop evaluation results
             scores = ", ".join(f"{k}={v:.4f}" for k, v in record.items()
-                               if k != "step" and isinstance(v, float) and "/" in k
-                               and k.count("/") == 1 and k.startswith("eval/"))
+                               if isinstance(v, float) and k.startswith("eval/")
+                               and k.count("/") == 1)
             print(f"step {step}: {scores}", file=sys.stderr, flush=True)
             return
         step_s = record.get("time/step_s")
