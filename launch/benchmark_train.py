@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
-    from spacenit_jax import sharding
+    from spacenit_jax import sharding, tracing
     from spacenit_jax.train import flops, loop, step
 
     config = load_config(args.config, args.set)
@@ -110,7 +110,6 @@ def main(argv=None) -> int:
     graphdef, _, _ = step.split_model(step.abstract_model(model_cfg, objective.model_kind))
     fn = step.make_train_step(graphdef, model_cfg, objective, tx, schedule, config.microbatches)
     batch = loop.global_batch(mesh, views)
-    counter = loop.compile_counter()
     t0 = time.perf_counter()
     compiled = jax.jit(fn, in_shardings=(shardings, jax.tree.map(lambda x: x.sharding, batch)),
                        out_shardings=(shardings, sharding.replicated(mesh)),
@@ -119,7 +118,7 @@ def main(argv=None) -> int:
     for _ in range(args.warmup):
         state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
-    before = counter.count
+    before = tracing.trace_count("train_step")
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -152,7 +151,7 @@ def main(argv=None) -> int:
         "mfu": model_flops / step_s / (peak * jax.device_count()),
         "peak_flops_per_device": peak, "peak_memory_bytes": memory,
         "peak_memory_source": source, "compile_s": compile_s,
-        "compilations": counter.count - before,
+        "compilations": tracing.trace_count("train_step") - before,
         "loss": float(np.asarray(metrics["loss"])),
     }
     print(json.dumps(out))

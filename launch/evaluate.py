@@ -192,6 +192,7 @@ def split_config_overrides(extra: list[str]) -> tuple[list[str], list[str]]:
 
 def run_checkpoint_mode(args, overrides: list[str]) -> dict:
     """Load checkpoint + task config, extract features, run the mode; returns the result."""
+    from spacenit_jax import checkpoint
     from spacenit_jax.eval import features, tasks
 
     if not args.config:
@@ -202,7 +203,7 @@ def run_checkpoint_mode(args, overrides: list[str]) -> dict:
     cfg = tasks.apply_overrides(tasks.load_config_file(args.config), overrides)
     mode = cfg.mode
     start = time.perf_counter()
-    loaded = features.load_model(args.checkpoint, args.step)
+    loaded = checkpoint.load_model(args.checkpoint, args.step)
     splits = ("train", "valid", "test") if cfg.run_on_test else ("train", "valid")
     data = {s: tasks.load_split(cfg, s) for s in splits}
     if mode == "finetune":

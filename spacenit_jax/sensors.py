@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 FINEST_PIXEL_PITCH = 0.625  # metres; every pitch is an integer multiple of this
 TILE_EDGE_PIXELS = 256
-ABSENT = -99999  # value of missing raster cells / missing timesteps (never written to disk)
+MISSING_VALUE = -99999  # pixel value of missing raster cells / timesteps (never written to disk)
 MAX_TEMPORAL_DEPTH = 12
 REFERENCE_GSD = 10.0  # metres
 SAR_NODATA = -32768

@@ -20,6 +20,7 @@ size P to a patch at the base size P0, so the model only ever sees P0-sized patc
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import math
 from collections.abc import Mapping
@@ -28,6 +29,16 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from spacenit_jax import sensors
+
+
+class TokenState(enum.IntEnum):
+    """What a token is for in one view (the original's TokenVisibility values)."""
+
+    VISIBLE = 0  # seen by the online encoder (the decoder's context)
+    TARGET_ONLY = 1  # seen only by the target encoder
+    PREDICTED = 2  # a decoder query; the loss is computed here
+    ABSENT = 3  # no data: in no stream
+
 
 PatchResize = Literal["input", "weight"]
 PositionScale = Literal["sensor_gsd", "patch", "unit"]

@@ -21,14 +21,12 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"  # ../shared from the repo root
+DATA = pathlib.Path(__file__).resolve().parent / "data"  # everything the tests read
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> pathlib.Path:
-    if not SHARED.exists():
-        pytest.fail(f"../shared not found at {SHARED}: the test data lives there")
-    return SHARED
+def data_dir() -> pathlib.Path:
+    return DATA
 
 
 @pytest.fixture(scope="module")

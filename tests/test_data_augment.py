@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from spacenit_jax.data import augment
-from spacenit_jax.sensors import ABSENT
+from spacenit_jax.sensors import MISSING_VALUE
 
 
 def _arrays(seed=0, n=4):
@@ -63,7 +63,7 @@ def test_sensor_dropout_marks_absent_and_keeps_shapes():
     for seed in range(10):
         out = t.apply([a], [np.random.default_rng(seed)])[0]
         assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in a.items()}
-        dropped = [k for k, v in out.items() if np.all(v == ABSENT)]
+        dropped = [k for k, v in out.items() if np.all(v == MISSING_VALUE)]
         kept = [k for k, v in out.items() if np.array_equal(v, a[k])]
         assert len(kept) >= 2 and len(dropped) + len(kept) == 4
 

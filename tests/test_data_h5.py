@@ -10,7 +10,7 @@ import pytest
 
 from spacenit_jax import sensors
 from spacenit_jax.data import h5, synthetic
-from spacenit_jax.sensors import ABSENT
+from spacenit_jax.sensors import MISSING_VALUE
 
 LABELS = sensors.OFFICIAL_SENSORS
 
@@ -98,7 +98,7 @@ def test_reader_fills_absent_in_mask_positions(dataset):
                 x = s.arrays[lab]
                 assert x.dtype == np.float32
                 if lab not in f:
-                    assert lab in s.missing and np.all(x == ABSENT)
+                    assert lab in s.missing and np.all(x == MISSING_VALUE)
                     continue
                 stored = f[lab][()]
                 if lab in masks:
@@ -109,7 +109,7 @@ def test_reader_fills_absent_in_mask_positions(dataset):
                     assert x.shape == (16, 16, 12, stored.shape[-1])
                     np.testing.assert_array_equal(x[:, :, pos], stored.astype(np.float32))
                     others = np.setdiff1d(np.arange(12), pos)
-                    assert np.all(x[:, :, others] == ABSENT)
+                    assert np.all(x[:, :, others] == MISSING_VALUE)
                 else:
                     np.testing.assert_array_equal(x, stored.astype(np.float32))
 
@@ -149,9 +149,9 @@ def test_temporal_trim_and_timestamp_edge_padding(tmp_path):
     np.testing.assert_array_equal(ts[7:], np.repeat(ts[6:7], 5, 0))  # "edge" padding
     x = out.arrays["sentinel1"]
     np.testing.assert_array_equal(x[:, :, [0, 1, 3]], s1)
-    assert np.all(x[:, :, [2, 4, 5, 6, 7, 8, 9, 10, 11]] == ABSENT)
+    assert np.all(x[:, :, [2, 4, 5, 6, 7, 8, 9, 10, 11]] == MISSING_VALUE)
     assert np.all(out.arrays["sentinel2_l2a"][:, :, :7] == 1)
-    assert np.all(out.arrays["sentinel2_l2a"][:, :, 7:] == ABSENT)
+    assert np.all(out.arrays["sentinel2_l2a"][:, :, 7:] == MISSING_VALUE)
     f = h5py.File(src.file_path(0), "r")
     header = src.read_header(f, src.file_path(0))
     f.close()
@@ -305,5 +305,5 @@ def test_sensor_without_mask_is_aligned_after_trim(tmp_path):
     out = h5.H5Source(d, ["sentinel2_l2a", "sentinel1"]).read(0)
     x = out.arrays["sentinel2_l2a"]
     np.testing.assert_array_equal(x[0, 0, :6, 0], np.arange(3, 9))  # rows 3..8 after the trim
-    assert np.all(x[:, :, 6:] == ABSENT)
+    assert np.all(x[:, :, 6:] == MISSING_VALUE)
     np.testing.assert_array_equal(out.timestamps[:6, 1], np.arange(3, 9))

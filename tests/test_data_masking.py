@@ -5,9 +5,9 @@ import pytest
 
 from spacenit_jax import sensors
 from spacenit_jax.data import masking
-from spacenit_jax.data.masking import ABSENT_STATE, PREDICTED, TARGET_ONLY, VISIBLE
+from spacenit_jax.data.masking import ABSENT, PREDICTED, TARGET_ONLY, VISIBLE
 from spacenit_jax.model.config import make_config
-from spacenit_jax.sensors import ABSENT
+from spacenit_jax.sensors import MISSING_VALUE
 from spacenit_jax.tokenization import SensorGrid, sample_tokens
 
 LAYOUT = make_config("design_card", "nano", sensor_labels=("sentinel2_l2a", "sentinel1", "worldcover")).layout
@@ -66,11 +66,11 @@ def test_absent_tokens_are_exactly_the_all_absent_patches():
     p, hw, t = 2, 3, 4
     arrays = _sample(hw, p, t)
     s2 = arrays["sentinel2_l2a"]
-    s2[:, :, 1] = ABSENT  # a missing timestep
-    s2[0:2, 4:6, 3] = ABSENT  # patch (r=0, c=2) at t=3
-    s2[2:4, 0:2, 2, :5] = ABSENT  # only some channels: NOT absent
-    s2[4, 4, 0] = ABSENT  # one pixel: NOT absent
-    arrays["worldcover"][:] = ABSENT  # whole sensor
+    s2[:, :, 1] = MISSING_VALUE  # a missing timestep
+    s2[0:2, 4:6, 3] = MISSING_VALUE  # patch (r=0, c=2) at t=3
+    s2[2:4, 0:2, 2, :5] = MISSING_VALUE  # only some channels: NOT absent
+    s2[4, 4, 0] = MISSING_VALUE  # one pixel: NOT absent
+    arrays["worldcover"][:] = MISSING_VALUE  # whole sensor
     ids = _ids(arrays, p)
     vis, ms = _vis(arrays, p, OFFICIAL)
     expect = np.zeros(vis.shape, bool)
@@ -78,8 +78,8 @@ def test_absent_tokens_are_exactly_the_all_absent_patches():
     expect |= s2_tok & (ids.time == 1)
     expect |= s2_tok & (ids.time == 3) & (ids.row == 0) & (ids.col == 2)
     expect |= ids.sensor == 2  # worldcover: patch tokens and its type token
-    np.testing.assert_array_equal(vis == ABSENT_STATE, expect)
-    assert [m.type_state for m in ms] == [VISIBLE, VISIBLE, ABSENT_STATE]
+    np.testing.assert_array_equal(vis == ABSENT, expect)
+    assert [m.type_state for m in ms] == [VISIBLE, VISIBLE, ABSENT]
     # absent_tokens itself, for every group of S2 (3 groups x 4 t x 3 x 3)
     a = masking.absent_tokens(LAYOUT, "sentinel2_l2a", s2, p)
     np.testing.assert_array_equal(a, expect[s2_tok])
@@ -101,11 +101,11 @@ def test_official_counts_and_decode_only():
 
 def test_none_masking_all_visible():
     arrays = _sample()
-    arrays["sentinel1"][:, :, 0] = ABSENT
+    arrays["sentinel1"][:, :, 0] = MISSING_VALUE
     vis, _ = _vis(arrays, 2, "none")
     ids = _ids(arrays, 2)
     absent = (ids.sensor == 1) & (ids.time == 0)
-    assert np.all(vis[absent] == ABSENT_STATE) and np.all(vis[~absent] == VISIBLE)
+    assert np.all(vis[absent] == ABSENT) and np.all(vis[~absent] == VISIBLE)
 
 
 STRATEGIES = [
@@ -142,7 +142,7 @@ def test_bounds_hold(cfg):
             m = strat.mask("sentinel2_l2a", geo, np.random.default_rng(seed), step=seed)
             assert m.shape == (geo.n,) and m.dtype == np.int8
             c = np.bincount(m, minlength=4)
-            assert c[ABSENT_STATE] == 0
+            assert c[ABSENT] == 0
             mv, mp = max(mv, c[VISIBLE]), max(mp, c[PREDICTED])
         assert mv <= bv and mp <= bp, (geo, mv, bv, mp, bp)
         if cfg["type"] in ("random", "spatial", "temporal", "spectral"):

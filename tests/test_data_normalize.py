@@ -7,7 +7,7 @@ import pytest
 
 from spacenit_jax import sensors
 from spacenit_jax.data import normalize
-from spacenit_jax.sensors import ABSENT
+from spacenit_jax.sensors import MISSING_VALUE
 
 
 def test_json_structure_and_coverage():
@@ -71,19 +71,19 @@ def test_hand_computed_values():
 
 def test_absent_nan_inf():
     x = np.full((2, 2, 3, 2), -11.648990747328444, np.float32)
-    x[0, 0, 1] = ABSENT  # a missing timestep
+    x[0, 0, 1] = MISSING_VALUE  # a missing timestep
     x[1, 1, 0, 0] = np.nan
     x[1, 1, 0, 1] = np.inf
     y = normalize.normalize_array("sentinel1", x)
     assert y.dtype == np.float32
-    assert np.all(y[0, 0, 1] == ABSENT)
+    assert np.all(y[0, 0, 1] == MISSING_VALUE)
     assert y[1, 1, 0, 0] == 0.0 and y[1, 1, 0, 1] == 0.0
     assert y[0, 1, 2, 0] == 0.5
-    full = np.full((2, 2, 1, 1), ABSENT, np.float32)
+    full = np.full((2, 2, 1, 1), MISSING_VALUE, np.float32)
     np.testing.assert_array_equal(normalize.normalize_array("worldcover", full), full)
     # normalisation off: cast + NaN/Inf -> 0 only
     out = normalize.normalize_sample({"sentinel1": x}, enabled=False)["sentinel1"]
-    assert out[1, 1, 0, 0] == 0 and out[0, 0, 1, 0] == ABSENT and out[0, 1, 2, 0] == x[0, 1, 2, 0]
+    assert out[1, 1, 0, 0] == 0 and out[0, 0, 1, 0] == MISSING_VALUE and out[0, 1, 2, 0] == x[0, 1, 2, 0]
 
 
 def test_errors():

@@ -6,9 +6,9 @@ import pytest
 from spacenit_jax import sensors
 from spacenit_jax.batch import embed_table_offsets
 from spacenit_jax.data import crop, masking, packing
-from spacenit_jax.data.masking import ABSENT_STATE, PREDICTED, VISIBLE
+from spacenit_jax.data.masking import ABSENT, PREDICTED, VISIBLE
 from spacenit_jax.model.config import make_config
-from spacenit_jax.sensors import ABSENT
+from spacenit_jax.sensors import MISSING_VALUE
 
 NANO = make_config("design_card", "nano").layout
 OFFICIAL = masking.build_masking({
@@ -65,10 +65,10 @@ def _sample_arrays(rng, hw, p, t, absent_sensor=None, absent_step=None):
         tt = t if spec.kind == sensors.SensorKind.SPACE_TIME else 1
         out[lab] = rng.random((n, n, tt, spec.num_channels), dtype=np.float32)
     if absent_sensor:
-        out[absent_sensor][:] = ABSENT
+        out[absent_sensor][:] = MISSING_VALUE
     if absent_step is not None:
-        out["sentinel1"][:, :, absent_step] = ABSENT
-        out["landsat"][: p, : p, absent_step] = ABSENT  # one patch position only
+        out["sentinel1"][:, :, absent_step] = MISSING_VALUE
+        out["landsat"][: p, : p, absent_step] = MISSING_VALUE  # one patch position only
     return out
 
 
@@ -98,7 +98,7 @@ def test_packed_view_references_exactly_the_right_tokens(strategy):
     for j, s in enumerate(prepared):
         r, seg = divmod(j, k)
         in_seg = np.flatnonzero(tok.segment[r] == seg)
-        keep = np.flatnonzero(s.states != ABSENT_STATE)
+        keep = np.flatnonzero(s.states != ABSENT)
         assert in_seg.size == keep.size and np.all(np.diff(in_seg) == 1)
         for f in ("sensor", "group", "row", "col", "time"):
             np.testing.assert_array_equal(getattr(tok, f)[r, in_seg], getattr(s.ids, f)[keep])

@@ -65,7 +65,7 @@ def test_carved_split_is_deterministic_and_disjoint():
 def test_errors(npz, tmp_path, capsys):
     assert evaluate.main(["--checkpoint", str(tmp_path / "none"), "--config",
                           str(REPO / "configs/eval/m_eurosat.py")]) == 2
-    assert "no checkpoint directory" in capsys.readouterr().err
+    assert "none does not exist" in capsys.readouterr().err
     bad = tmp_path / "bad.npz"
     np.savez(bad, feats=np.zeros((3, 2)))
     assert evaluate.main(["--features", str(bad), "--eval-features", npz[1]]) == 2
@@ -83,7 +83,7 @@ def workdir(tmp_path_factory):
     from eval_tiny_model import run_config, tiny_model
     from flax import nnx
 
-    from spacenit_jax.train.checkpoint import write_params_checkpoint
+    from spacenit_jax.checkpoint import write_params_checkpoint
 
     path = tmp_path_factory.mktemp("pretrain")
     params = nnx.to_pure_dict(nnx.state(tiny_model(), nnx.Param))

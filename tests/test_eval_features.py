@@ -9,6 +9,7 @@ import pytest
 from eval_tiny_model import SENSOR, tiny_config, tiny_model
 from flax import nnx
 
+from spacenit_jax import checkpoint, tracing
 from spacenit_jax.eval import features as feat
 from spacenit_jax.eval.synthetic import SyntheticClassification
 from spacenit_jax.model import models
@@ -34,10 +35,10 @@ def encoder_tokens(encoder, images):
 
 def test_mean_pools_patch_tokens_only_with_one_compile(split):
     model = tiny_model()
-    before = feat.trace_count()
+    before = tracing.trace_count("extract")
     ex = feat.FeatureExtractor(model, feat.FeatureConfig(batch_size=BATCH))
     out = ex.extract(split)  # 20 samples = 3 batches, the last one padded
-    traced = feat.trace_count()
+    traced = tracing.trace_count("extract")
     assert traced - before <= 1  # 0 when an earlier test compiled the same program
     assert out.features.shape == (20, 32) and out.features.dtype == np.float32
     np.testing.assert_array_equal(out.labels, np.arange(20) % 10)
@@ -48,7 +49,7 @@ def test_mean_pools_patch_tokens_only_with_one_compile(split):
     # another split size, another extractor of the same structure: no new trace
     small = feat.ArraySplit(split.images[:5], split.labels[:5], SENSOR)
     feat.FeatureExtractor(model, feat.FeatureConfig(batch_size=BATCH)).extract(small)
-    assert feat.trace_count() == traced
+    assert tracing.trace_count("extract") == traced
 
 
 def test_sharded_extraction_equals_single_device(split):
@@ -173,15 +174,21 @@ def test_max_and_spatial_pooling_of_a_token_stream():
 def test_load_model_from_checkpoint(tmp_path):
     from eval_tiny_model import run_config
 
-    from spacenit_jax.train.checkpoint import write_params_checkpoint
+    from spacenit_jax.checkpoint import write_params_checkpoint
 
     model = tiny_model()
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     write_params_checkpoint(tmp_path, params, run_config(), step=3)
-    loaded = feat.load_model(tmp_path)
+    loaded = checkpoint.load_model(tmp_path)
     assert loaded.step == 3 and loaded.kind == "latent_predictor"
     assert loaded.cfg == tiny_config()
     got = nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, got, params)
     with pytest.raises(FileNotFoundError, match="step 5"):
-        feat.load_model(tmp_path, step=5)
+        checkpoint.load_model(tmp_path, step=5)
+    # the same model from its step directory and from its checkpoints/ folder
+    for path in (tmp_path / "checkpoints" / "3", tmp_path / "checkpoints"):
+        again = checkpoint.load_model(path)
+        assert again.step == 3 and again.cfg == tiny_config()
+    with pytest.raises(FileNotFoundError, match="not a checkpoint: expected a pretraining"):
+        checkpoint.load_model(tmp_path / "checkpoints" / "3" / "params")

@@ -20,9 +20,9 @@ SAMPLE = "id_1905"
 
 
 @pytest.fixture
-def eurosat_root(shared_dir, tmp_path):
-    """<tmp>/classification_v1.0/m-eurosat/ with the shared files linked in."""
-    src = shared_dir / "data" / "geobench-m-eurosat-sample"
+def eurosat_root(data_dir, tmp_path):
+    """<tmp>/classification_v1.0/m-eurosat/ with the sample files linked in."""
+    src = data_dir / "geobench-m-eurosat-sample"
     task_dir = tmp_path / "classification_v1.0" / "m-eurosat"
     task_dir.mkdir(parents=True)
     for f in src.iterdir():
@@ -32,30 +32,30 @@ def eurosat_root(shared_dir, tmp_path):
     return tmp_path
 
 
-def test_reads_the_real_sample(shared_dir):
-    raw = geobench.read_sample_hdf5(shared_dir / "data/geobench-m-eurosat-sample/id_1905.hdf5")
+def test_reads_the_real_sample(data_dir):
+    raw = geobench.read_sample_hdf5(data_dir / "geobench-m-eurosat-sample/id_1905.hdf5")
     assert list(raw.bands) == [name for name, _ in geobench.S2_GEOBENCH_BANDS]
     assert all(b.shape == (64, 64) and b.dtype == np.int16 for b in raw.bands.values())
     assert set(raw.band_classes.values()) == {"Sentinel2"}
     assert raw.label == 1  # Forest
 
 
-def test_task_specs_are_parsed_without_geobench(shared_dir):
-    specs = geobench.load_task_specs(shared_dir / "data/geobench-m-eurosat-sample")
+def test_task_specs_are_parsed_without_geobench(data_dir):
+    specs = geobench.load_task_specs(data_dir / "geobench-m-eurosat-sample")
     assert specs.dataset_name == "m-eurosat" and specs.patch_size == (64, 64)
     assert specs.num_classes == 10 and specs.n_time_steps == 1
     assert specs.band_names == tuple(name for name, _ in geobench.S2_GEOBENCH_BANDS)
     assert "geobench" not in sys.modules
 
 
-def test_sample_maps_bands_to_sentinel2_l2a_order_and_normalises(eurosat_root, shared_dir):
+def test_sample_maps_bands_to_sentinel2_l2a_order_and_normalises(eurosat_root, data_dir):
     ds = geobench.GeoBenchClassification(eurosat_root, "m-eurosat", "train")
     assert len(ds) == 1
     sample = ds[0]
     assert sample.image.shape == (64, 64, 1, 12) and sample.image.dtype == np.float32
     assert sample.label == 1 and sample.sensor == "sentinel2_l2a" and sample.name == SAMPLE
     np.testing.assert_array_equal(sample.timestamps, [[1, 6, 2020]])
-    raw = geobench.read_sample_hdf5(shared_dir / "data/geobench-m-eurosat-sample/id_1905.hdf5")
+    raw = geobench.read_sample_hdf5(data_dir / "geobench-m-eurosat-sample/id_1905.hdf5")
     stored = np.stack(list(raw.bands.values()), axis=-1).astype(np.float64)  # 13 GeoBench bands
     assert geobench.GEOBENCH_S2_TO_SENTINEL2_L2A == (1, 2, 3, 7, 4, 5, 6, 8, 11, 12, 0, 9)
     reordered = stored[..., list(geobench.GEOBENCH_S2_TO_SENTINEL2_L2A)]
@@ -74,8 +74,8 @@ def test_sample_maps_bands_to_sentinel2_l2a_order_and_normalises(eurosat_root, s
     assert images.shape == (1, 64, 64, 1, 12) and labels.tolist() == [1]
 
 
-def test_dataset_stats_normalisation_and_band_fix(eurosat_root, shared_dir):
-    stats = json.loads((shared_dir / "data/geobench-m-eurosat-sample/band_stats.json").read_text())
+def test_dataset_stats_normalisation_and_band_fix(eurosat_root, data_dir):
+    stats = json.loads((data_dir / "geobench-m-eurosat-sample/band_stats.json").read_text())
     ds = geobench.GeoBenchClassification(eurosat_root, "m_eurosat", "train", norm="norm_no_clip")
     raw = geobench.read_sample_hdf5(ds.task_dir / f"{SAMPLE}.hdf5")
     blue = raw.bands["02 - Blue"].astype(np.float64)

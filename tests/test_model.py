@@ -21,8 +21,8 @@ SMALL = dict(embed_dim=64, depth=2, num_heads=4, decoder_depth=2, decoder_num_he
 LABELS = ("sentinel2_l2a", "sentinel1", "srtm")
 
 
-def golden(shared_dir, rev):
-    d = np.load(shared_dir / "data" / "reference-golden" / f"reference_{rev}_small.npz")
+def golden(data_dir, rev):
+    d = np.load(data_dir / "reference-golden" / f"reference_{rev}_small.npz")
     cj = json.loads(str(d["config_json"]))["model"]
     preset = {"head": "reference_head", "v1": "reference_v1"}[rev]
     cfg = make_config(preset, "nano", sensor_labels=tuple(cj["encoder"]["sensor_labels"]),
@@ -35,8 +35,8 @@ def golden(shared_dir, rev):
 
 
 @pytest.mark.parametrize("rev", ["head", "v1"])
-def test_encoder_matches_original(shared_dir, rev):
-    d, cfg, model, images = golden(shared_dir, rev)
+def test_encoder_matches_original(data_dir, rev):
+    d, cfg, model, images = golden(data_dir, rev)
     months = jnp.asarray(d["month_indices"])
     encode = nnx.jit(lambda m, months, p: m.encoder.encode_images(images, patch_size=p,
                                                                    months=months),
@@ -49,8 +49,8 @@ def test_encoder_matches_original(shared_dir, rev):
 
 
 @pytest.mark.parametrize("rev", ["head", "v1"])
-def test_latent_predictor_matches_original(shared_dir, rev):
-    d, cfg, model, images = golden(shared_dir, rev)
+def test_latent_predictor_matches_original(data_dir, rev):
+    d, cfg, model, images = golden(data_dir, rev)
     vis = d["visibility_mask"]
     if rev == "v1":  # the v1 model takes index sets and shows its target encoder everything
         vis = np.full_like(vis, models.TARGET_ONLY)

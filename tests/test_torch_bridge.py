@@ -15,10 +15,10 @@ torch = pytest.importorskip("torch")
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from spacenit_jax import checkpoint as ckpt  # noqa: E402
 from spacenit_jax.model import models  # noqa: E402
 from spacenit_jax.model import state_dict as sdm  # noqa: E402
 from spacenit_jax.model.config import config_to_dict, make_config  # noqa: E402
-from spacenit_jax.train import checkpoint as ckpt  # noqa: E402
 from torch_bridge import export as ex  # noqa: E402
 from torch_bridge import import_checkpoint as im  # noqa: E402
 from torch_bridge import reference_config as rc  # noqa: E402
@@ -413,9 +413,9 @@ def test_revision_detection_rule():
 # Golden vectors through an imported checkpoint, and the command lines
 
 
-def golden_dir(shared_dir, rev, tmp_path) -> tuple[pathlib.Path, dict]:
+def golden_dir(data_dir, rev, tmp_path) -> tuple[pathlib.Path, dict]:
     """The golden weights as an original-format checkpoint directory."""
-    data = dict(np.load(shared_dir / "data" / "reference-golden" / f"reference_{rev}_small.npz"))
+    data = dict(np.load(data_dir / "reference-golden" / f"reference_{rev}_small.npz"))
     model_json = json.loads(str(data["config_json"]))
     model_json = model_json.get("model", model_json)
     src = tmp_path / f"golden_{rev}"
@@ -427,12 +427,12 @@ def golden_dir(shared_dir, rev, tmp_path) -> tuple[pathlib.Path, dict]:
 
 
 @pytest.mark.parametrize("rev", ["head", "v1"])
-def test_golden_checkpoint_imports_and_reproduces(shared_dir, tmp_path, rev):
+def test_golden_checkpoint_imports_and_reproduces(data_dir, tmp_path, rev):
     """The original's golden weights as a checkpoint directory -> JAX checkpoint: the
     config dict round-trips, the parameters are exactly those of the direct mapping, and
     the online encoder reproduces the golden tokens (the latest revision's full
     LatentPredictor too; tests/test_model.py covers v1's with the same parameters)."""
-    src, data = golden_dir(shared_dir, rev, tmp_path)
+    src, data = golden_dir(data_dir, rev, tmp_path)
     model_json = json.loads((src / "config.json").read_text())["model"]
     im.import_checkpoint(src, tmp_path / "jax")
     cfg, kind = ckpt.model_config(ckpt.read_config(tmp_path / "jax"))
@@ -471,10 +471,10 @@ def test_golden_checkpoint_imports_and_reproduces(shared_dir, tmp_path, rev):
                                data["y/latent_predictor/encoder_pooled"], atol=1e-5, rtol=0)
 
 
-def test_cli_end_to_end(shared_dir, tmp_path, capsys):
+def test_cli_end_to_end(data_dir, tmp_path, capsys):
     """golden (original format) -> import CLI -> JAX workdir -> export CLI (both formats,
     --inputs/--outputs): tokens equal the golden outputs, weights equal the golden ones."""
-    src, data = golden_dir(shared_dir, "head", tmp_path)
+    src, data = golden_dir(data_dir, "head", tmp_path)
     assert im.main(["--source", str(src), "--out", str(tmp_path / "jax")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["preset"] == "reference_head" and summary["step"] == 0

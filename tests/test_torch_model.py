@@ -28,10 +28,10 @@ def small_config(preset: str, projection_dim: int):
 
 
 @pytest.fixture(scope="module", params=sorted(GOLDEN))
-def golden(request, shared_dir):
+def golden(request, data_dir):
     preset = request.param
     fname, proj = GOLDEN[preset]
-    data = dict(np.load(shared_dir / "data" / "reference-golden" / fname))
+    data = dict(np.load(data_dir / "reference-golden" / fname))
     model = tm.LatentPredictor(small_config(preset, proj))
     weights = {k[2:]: torch.from_numpy(np.asarray(v)) for k, v in data.items()
                if k.startswith("w/")}
@@ -127,8 +127,8 @@ def test_golden_latent_predictor(golden):
         assert _maxdiff(out[k], v) <= TOL, k
 
 
-def test_golden_v1_index_sets_match_visibility_mask(shared_dir):
-    data = np.load(shared_dir / "data" / "reference-golden" / "reference_v1_small.npz")
+def test_golden_v1_index_sets_match_visibility_mask(data_dir):
+    data = np.load(data_dir / "reference-golden" / "reference_v1_small.npz")
     mask = data["visibility_mask"]
     for b in range(mask.shape[0]):
         np.testing.assert_array_equal(np.nonzero(mask[b] == 0)[0], data["visible_indices"][b])

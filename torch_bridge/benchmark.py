@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
+from spacenit_jax import checkpoint as ckpt
 from spacenit_jax.model.config import config_to_dict, make_config
-from spacenit_jax.train import checkpoint as ckpt
 from torch_bridge import export as ex
 from torch_bridge import import_checkpoint as im
 from torch_bridge import reference_config as rc

@@ -39,10 +39,10 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
+from spacenit_jax import checkpoint as ckpt
 from spacenit_jax.model import models
 from spacenit_jax.model import state_dict as sdm
 from spacenit_jax.model.config import ModelConfig, config_to_dict
-from spacenit_jax.train import checkpoint as ckpt
 from torch_bridge import reference_config as rc
 
 FORMATS = ("safetensors", "reference")
@@ -220,10 +220,6 @@ def export_params(params, out, *, cfg: ModelConfig | None = None, kind: str | No
 def load_checkpoint(workdir, step: int | None = None):
     """(ModelConfig, kind, nested params, step) of a pretraining workdir's checkpoint
     (the latest unless `step`)."""
-    if step is None:
-        step = ckpt.latest_step(workdir)
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.checkpoint_dir(workdir)}")
     cfg, kind = ckpt.model_config(ckpt.read_config(workdir, step))
     params, step = ckpt.restore_params(workdir, step)
     return cfg, kind, params, step

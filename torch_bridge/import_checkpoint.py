@@ -38,10 +38,10 @@ import jax
 import numpy as np
 from flax import nnx
 
+from spacenit_jax import checkpoint as ckpt
 from spacenit_jax.model import models
 from spacenit_jax.model import state_dict as sdm
 from spacenit_jax.model.config import ModelConfig, config_from_dict, config_to_dict
-from spacenit_jax.train import checkpoint as ckpt
 from torch_bridge import reference_config as rc
 from torch_bridge.export import (
     CONFIG_FILE,

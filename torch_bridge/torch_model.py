@@ -95,8 +95,7 @@ from spacenit_jax import sensors
 from spacenit_jax import tokenization as tk
 from spacenit_jax.model.config import ModelConfig
 
-# TokenVisibility values (spec section 10).
-VISIBLE_ENCODER, TARGET_ONLY, PREDICTED, ABSENT = 0, 1, 2, 3
+VISIBLE_ENCODER, TARGET_ONLY, PREDICTED, ABSENT = tk.TokenState  # the original's names
 
 __all__ = [
     "ABSENT", "PREDICTED", "TARGET_ONLY", "VISIBLE_ENCODER",

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from spacenit_jax import sensors
-from spacenit_jax.sensors import ABSENT
+from spacenit_jax.sensors import MISSING_VALUE
 
 Arrays = dict[str, np.ndarray]
 
@@ -120,7 +120,7 @@ class SensorDropout(Transform):
     def apply(self, samples, rngs):
         out = []
         for arrays, rng in zip(samples, rngs, strict=True):
-            present = [lab for lab, x in arrays.items() if not np.all(x == ABSENT)]
+            present = [lab for lab, x in arrays.items() if not np.all(x == MISSING_VALUE)]
             if len(present) <= self.min_sensors:
                 out.append(dict(arrays))
                 continue
@@ -131,7 +131,7 @@ class SensorDropout(Transform):
                 kept += 1
             new = dict(arrays)
             for lab in dropped:
-                new[lab] = np.full_like(arrays[lab], ABSENT)
+                new[lab] = np.full_like(arrays[lab], MISSING_VALUE)
             out.append(new)
         return out
 

@@ -38,7 +38,7 @@ import hdf5plugin  # noqa: F401  (registers the zstd / lz4 HDF5 filters on impor
 import numpy as np
 
 from spacenit_jax import sensors
-from spacenit_jax.sensors import ABSENT, MAX_TEMPORAL_DEPTH, SensorKind
+from spacenit_jax.sensors import MAX_TEMPORAL_DEPTH, MISSING_VALUE, SensorKind
 
 TOP_PREFIX = "h5py_data_w_missing_timesteps"
 MASKS_GROUP = "missing_timesteps_masks"
@@ -606,7 +606,7 @@ class H5Source:
                 shape = {SensorKind.SPACE_TIME: (h * m, w * m, tl, c),
                          SensorKind.SPACE: (h * m, w * m, 1, c),
                          SensorKind.TIME: (tl, c), SensorKind.CONSTANT: (c,)}[kind]
-                arrays[label] = np.full(shape, ABSENT, self.dtype)
+                arrays[label] = np.full(shape, MISSING_VALUE, self.dtype)
                 continue
             ds = dsets[label]
             if kind == SensorKind.SPACE:
@@ -618,13 +618,13 @@ class H5Source:
                 lo, hi = max(t0, 0), min(t0 + tl, header.current_length)  # trimmed span only
                 sel = np.flatnonzero((pos >= lo) & (pos < hi))
                 if kind == SensorKind.SPACE_TIME:
-                    out = np.full((h * m, w * m, tl, c), ABSENT, self.dtype)
+                    out = np.full((h * m, w * m, tl, c), MISSING_VALUE, self.dtype)
                     if sel.size:
                         j0, j1 = int(sel[0]), int(sel[-1]) + 1  # sel is contiguous
                         data = _read_slab(ds, rows, cols, slice(j0, j1))
                         out[:, :, pos[sel] - t0] = data
                 else:
-                    out = np.full((tl, c), ABSENT, self.dtype)
+                    out = np.full((tl, c), MISSING_VALUE, self.dtype)
                     if sel.size:
                         out[pos[sel] - t0] = ds[int(sel[0]):int(sel[-1]) + 1]
                 arrays[label] = out

@@ -35,10 +35,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from spacenit_jax import sensors
-from spacenit_jax.sensors import ABSENT, SensorKind
-from spacenit_jax.tokenization import TokenLayout
+from spacenit_jax.sensors import MISSING_VALUE, SensorKind
+from spacenit_jax.tokenization import TokenLayout, TokenState
 
-VISIBLE, TARGET_ONLY, PREDICTED, ABSENT_STATE = 0, 1, 2, 3
+VISIBLE, TARGET_ONLY, PREDICTED, ABSENT = TokenState  # short names for the module
 STATE_DTYPE = np.int8
 STRUCTURES = ("random", "spatial", "temporal", "spectral")
 
@@ -83,7 +83,7 @@ def absent_tokens(layout: TokenLayout, label: str, x: np.ndarray, patch_size: in
     """
     geo = sensor_geometry(layout, label, x, patch_size)
     pp = layout.patch_pixels(label, patch_size)
-    a = (x == ABSENT).reshape(geo.hp, pp, geo.wp, pp, x.shape[2], x.shape[3])
+    a = (x == MISSING_VALUE).reshape(geo.hp, pp, geo.wp, pp, x.shape[2], x.shape[3])
     per = a.all(axis=(1, 3, 5))  # (hp, wp, T)
     per = np.moveaxis(per, 2, 0)  # (T, hp, wp)
     return np.broadcast_to(per[:, None], (geo.t, geo.g, geo.hp, geo.wp)).reshape(-1)
@@ -365,16 +365,16 @@ def compose_masks(masks: Sequence[np.ndarray], rule: str) -> np.ndarray:
     stack = np.stack(masks)
     if rule == "union":
         out = stack.min(axis=0)
-        out[(stack == ABSENT_STATE).any(axis=0)] = ABSENT_STATE
+        out[(stack == ABSENT).any(axis=0)] = ABSENT
         return out
     if rule == "intersection":
         return stack.max(axis=0)
     if rule == "cascade":
         out = masks[0].copy()
         for m in masks[1:]:
-            absent = out == ABSENT_STATE
+            absent = out == ABSENT
             out = np.maximum(out, m)
-            out[absent] = ABSENT_STATE
+            out[absent] = ABSENT
         return out
     raise ValueError(f"unknown mask composition rule {rule!r}; known: union, intersection, cascade")
 
@@ -477,8 +477,8 @@ def mask_sample(layout: TokenLayout, arrays: Mapping[str, np.ndarray], patch_siz
         states = strategy.mask(label, geo, rng, step)
         absent = absent_tokens(layout, label, x, patch_size)
         if absent.any():
-            states = np.where(absent, ABSENT_STATE, states).astype(STATE_DTYPE)
-        type_state = ABSENT_STATE if absent.all() else VISIBLE
+            states = np.where(absent, ABSENT, states).astype(STATE_DTYPE)
+        type_state = ABSENT if absent.all() else VISIBLE
         out.append(SensorMask(label, geo, states, type_state))
     return out
 

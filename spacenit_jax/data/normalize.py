@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from spacenit_jax import sensors
-from spacenit_jax.sensors import ABSENT
+from spacenit_jax.sensors import MISSING_VALUE
 
 STD_MULTIPLIER = 2.0
 
@@ -92,13 +92,13 @@ def normalize_array(label: str, x: np.ndarray, dtype=np.float32) -> np.ndarray:
         raise ValueError(
             f"sensor {label!r}: expected {spec.num_channels} channels in the last axis for "
             f"normalisation, got shape {x.shape}")
-    absent = x == ABSENT
+    absent = x == MISSING_VALUE
     if absent.all():  # a fully missing sensor is left untouched
         return x.astype(dtype, copy=False)
     lo, hi, _ = band_range(label)
     y = (x.astype(np.float64) - lo) / (hi - lo)
     if absent.any():
-        y[absent] = ABSENT
+        y[absent] = MISSING_VALUE
     return _finite(y).astype(dtype)
 
 

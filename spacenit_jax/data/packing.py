@@ -64,7 +64,7 @@ from spacenit_jax import sensors
 from spacenit_jax.batch import PackedView, SubStream, TokenStream, embed_table_offsets
 from spacenit_jax.data import crop
 from spacenit_jax.data.masking import (
-    ABSENT_STATE,
+    ABSENT,
     PREDICTED,
     VISIBLE,
     Geometry,
@@ -369,7 +369,7 @@ def prepare_sample(layout: TokenLayout, arrays: Mapping[str, np.ndarray], patch_
         temporal = sensors.get(label).kind == SensorKind.SPACE_TIME
         geo = m.geometry
         grids[label] = SensorGrid(geo.hp, geo.wp, geo.t, temporal)
-        if m.type_state == ABSENT_STATE:
+        if m.type_state == ABSENT:
             continue
         pt, grid = sensor_patches(layout, label, arrays[label], patch_size, temporal, xp=FAST_NP)
         if grid != grids[label]:
@@ -432,7 +432,7 @@ def pack_view(plan: PackingPlan, layout: TokenLayout, samples: Sequence[Prepared
     cur_g = {key: np.zeros(plan.rows, np.int64) for key in keys}
     for j, s in enumerate(samples):
         r, seg = divmod(j, k)
-        keep = np.flatnonzero(s.states != ABSENT_STATE)
+        keep = np.flatnonzero(s.states != ABSENT)
         m = keep.size
         t0 = int(cur_t[r])
         if t0 + m > plan.row_length:

@@ -29,7 +29,7 @@ module-level `jax.jit` with the model's graph definition as a static argument, s
 is compiled per (model structure, input shape, options) and reused by every extractor, every
 split and every in-loop evaluation of a run. The last batch is padded to the batch size by
 repeating its last sample and the padding is dropped, so a split needs one shape only.
-`trace_count()` counts traces, for tests.
+`tracing.trace_count("extract")` counts its traces.
 
 Single process only: with several JAX processes the outputs are gathered with
 `multihost_utils.process_allgather`, but every process must feed the same batches.
@@ -37,7 +37,6 @@ Single process only: with several JAX processes the outputs are gathered with
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -49,7 +48,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from spacenit_jax import sensors
+from spacenit_jax import sensors, tracing
 from spacenit_jax.model import heads, models
 from spacenit_jax.model.config import ModelConfig
 from spacenit_jax.tokenization import SensorGrid, sample_tokens
@@ -60,14 +59,6 @@ REPRESENTATIONS = ("encoder", "target_encoder", "projection", "online_projection
 _REPRESENTATION_ALIASES = {"backbone": "encoder", "ema": "target_encoder", "proj": "projection"}
 POOLINGS = ("mean", "max", "attention", "tokens", "spatial")
 POOLED = ("mean", "max", "attention")  # poolings that give one vector per sample
-
-_TRACES: collections.Counter = collections.Counter()
-
-
-def trace_count(name: str = "extract") -> int:
-    """How often the jitted function `name` ("extract", "finetune_train") has been traced."""
-    return _TRACES[name]
-
 
 def canonical_representation(name: str) -> str:
     key = _REPRESENTATION_ALIASES.get(name, name)
@@ -134,7 +125,7 @@ def absent_visibility(cfg: ModelConfig, images: Mapping[str, jax.Array], patch_s
         pix = layout.patch_pixels(label, patch_size)
         hp, wp = h // pix, w // pix
         cells = img[:, : hp * pix, : wp * pix].reshape(b, hp, pix, wp, pix, t, c)
-        flags = jnp.all(cells == sensors.ABSENT, axis=(2, 4, 6))  # (B, Hp, Wp, T)
+        flags = jnp.all(cells == sensors.MISSING_VALUE, axis=(2, 4, 6))  # (B, Hp, Wp, T)
         absent[label] = jnp.transpose(flags, (0, 3, 1, 2)).reshape(b, t * hp * wp)
         grids[label] = SensorGrid(hp, wp, t, temporal)
     unknown = sorted(set(images) - set(grids))
@@ -276,8 +267,8 @@ def fresh_pool_head(cfg: ModelConfig, seed: int = 0) -> heads.PoolingHead:
 
 
 @partial(jax.jit, static_argnums=(0, 4))
+@tracing.counted("extract")
 def _extract_batch(graphdef, state, images, months, opts: EncodeOptions):
-    _TRACES["extract"] += 1  # runs once per trace
     return encode_and_pool(nnx.merge(graphdef, state), images, months, opts)
 
 
@@ -444,45 +435,6 @@ class FeatureExtractor:
             labels.append(y)
         feats = np.concatenate([_to_host(o)[:real] for o, real in outs])
         return Features(feats, np.concatenate(labels))
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    model: nnx.Module
-    cfg: ModelConfig
-    kind: str
-    step: int
-    run_config: dict
-
-
-def load_model(workdir, step: int | None = None) -> LoadedModel:
-    """The model of a pretraining workdir's checkpoint (latest step unless given).
-
-    The model config and kind come from the checkpoint's run config; parameters are put into
-    an abstract model (nothing is initialised twice).
-    """
-    from spacenit_jax.train import checkpoint as ckpt
-
-    run_config = ckpt.read_config(workdir, step)
-    cfg, kind = ckpt.model_config(run_config)
-    params, step = ckpt.restore_params(workdir, step)
-    abstract = nnx.eval_shape(lambda: models.build_model(cfg, kind))
-    graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
-    try:
-        nnx.replace_by_pure_dict(state, params)
-    except (KeyError, ValueError) as err:
-        raise ValueError(f"checkpoint {workdir} (step {step}): parameters do not fit a {kind} "
-                         f"built from its own run config: {err}") from None
-    missing = [jax.tree_util.keystr(p) for p, leaf in jax.tree_util.tree_leaves_with_path(state)
-               if isinstance(leaf, jax.ShapeDtypeStruct)]
-    if missing:
-        raise ValueError(f"checkpoint {workdir} (step {step}) lacks parameters {missing[:5]} "
-                         f"({len(missing)} in all) of a {kind}")
-    state = jax.tree.map(jnp.asarray, state)
-    return LoadedModel(nnx.merge(graphdef, state, rest), cfg, kind, step, run_config)
 
 
 def feature_config_from(task_cfg, **overrides) -> FeatureConfig:

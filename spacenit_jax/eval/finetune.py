@@ -53,6 +53,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from spacenit_jax import tracing
 from spacenit_jax.eval import features as feat
 from spacenit_jax.eval import metrics
 from spacenit_jax.eval.linear_probe import (
@@ -212,13 +213,13 @@ def _adamw(params, grads, opt, lr, adamw):
 
 
 @partial(jax.jit, static_argnames=("static",), donate_argnames=("state",))
+@tracing.counted("finetune_train")
 def _train_step(state, rest, images, months, labels, mask, lr, seed_epoch_step, train_backbone,
                 *, static: _Static):
     """One AdamW step. While `train_backbone` is False the backbone and its Adam state are
     kept as they are (its gradient is computed and dropped: one compiled step for both
     phases rather than two compiles, at the price of a full backward pass in the frozen
     epochs)."""
-    feat._TRACES["finetune_train"] += 1
     seed, epoch, step = seed_epoch_step
     rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), step)
     loss, (g_backbone, g_train) = jax.value_and_grad(partial(_loss, static=static),

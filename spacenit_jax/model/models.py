@@ -19,8 +19,9 @@ from spacenit_jax.model import heads, layers, positions
 from spacenit_jax.model.config import ModelConfig
 from spacenit_jax.model.decoder import make_decoder
 from spacenit_jax.model.encoder import Encoder, image_tokens
+from spacenit_jax.tokenization import TokenState
 
-VISIBLE, TARGET_ONLY, PREDICTED, ABSENT = 0, 1, 2, 3
+VISIBLE, TARGET_ONLY, PREDICTED, ABSENT = TokenState  # short names for the module
 
 # (online module, EMA target module) pairs of the models that have an EMA target.
 EMA_PAIRS = (("encoder", "target_encoder"), ("online_proj", "target_proj"))

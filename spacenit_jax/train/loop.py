@@ -24,9 +24,9 @@ import jax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from spacenit_jax import sharding
+from spacenit_jax import checkpoint, sharding, tracing
 from spacenit_jax.model.config import ModelConfig, config_to_dict, make_config
-from spacenit_jax.train import checkpoint, flops, multihost, objectives, step, tracking
+from spacenit_jax.train import flops, multihost, objectives, step, tracking
 
 log = logging.getLogger(__name__)
 
@@ -179,29 +179,6 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._old)
 
 
-class _CompileCounter:
-    """Counts traces of the train step (every compilation of it starts with a trace)."""
-
-    def __init__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event, duration, **kwargs):
-        if event == "/jax/core/compile/jaxpr_trace_duration" and \
-                kwargs.get("fun_name") == "train_step":
-            self.count += 1
-
-
-_COMPILES: _CompileCounter | None = None
-
-
-def compile_counter() -> _CompileCounter:
-    global _COMPILES
-    if _COMPILES is None:
-        _COMPILES = _CompileCounter()
-    return _COMPILES
-
-
 @dataclasses.dataclass
 class Trainer:
     """Everything a run needs, built from a config; `train()` runs the loop."""
@@ -309,7 +286,6 @@ class Trainer:
                                    start_step=start)
         evaluator = self._evaluator()
         preempt = _Preemption()
-        counter = compile_counter()
         compiled = None
         pending = None
         consecutive_skips = 0
@@ -324,7 +300,7 @@ class Trainer:
                 views = {k: v for k, v in host.items() if k.startswith("view_")}
                 batch = global_batch(self.mesh, views)
                 if compiled is None:
-                    before = counter.count
+                    before = tracing.trace_count("train_step")
                     compiled = self.compile(state, batch)
                     multihost.barrier("step-compiled")  # enter the first collective together
                 state, metrics = compiled(state, batch)
@@ -369,7 +345,7 @@ class Trainer:
             mngr.close()
             tracker.close()
             preempt.restore()
-        compilations = counter.count - before if compiled is not None else 0
+        compilations = tracing.trace_count("train_step") - before if compiled is not None else 0
         if compilations > 1:
             raise RuntimeError(f"the train step was compiled {compilations} times in one run")
         summary.update(final_step=int(jax.device_get(state.step)),

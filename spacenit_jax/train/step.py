@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from spacenit_jax import tracing
 from spacenit_jax.model import models
 from spacenit_jax.model.config import ModelConfig
 from spacenit_jax.train import objectives
@@ -112,6 +113,7 @@ def make_train_step(graphdef, model_cfg: ModelConfig, objective: objectives.Obje
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
+    @tracing.counted("train_step")
     def train_step(state: TrainState, batch):
         rng, key = jax.random.split(state.rng)
         views = {k: v for k, v in batch.items() if k.startswith("view_")}

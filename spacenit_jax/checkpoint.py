@@ -1,4 +1,5 @@
-"""The checkpoint layout of a pretraining workdir, shared by pretraining, export and eval.
+"""Checkpoints: the layout of a pretraining workdir, restore, and "load a model from
+anything". Pretraining, evaluation, fine-tuning, export and inference all use this module.
 
     <workdir>/checkpoints/<step>/
         params/   the model's parameters (online and EMA target) as a nested dict
@@ -15,13 +16,14 @@ need.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Any
 
 import orbax.checkpoint as ocp
 
-from spacenit_jax.model.config import ModelConfig, config_from_dict
+from spacenit_jax.model.config import ModelConfig, config_from_dict, config_to_dict
 
 ITEMS = ("params", "train", "data", "config")
 
@@ -126,3 +128,94 @@ def write_params_checkpoint(workdir, params, config: dict, step: int = 0) -> pat
     mngr.close()
     (workdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return checkpoint_dir(workdir) / str(step)
+
+
+# --------------------------------------------------------------------------- any model
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint: `model` (an nnx.Module of `kind`), its config,
+    the step it was saved at, the resolved run config (where there is one) and where it
+    came from ("workdir" or "export")."""
+
+    model: Any
+    cfg: ModelConfig
+    kind: str
+    step: int
+    run_config: dict
+    source: str = "workdir"
+
+
+EXPORT_FILES = ("model.safetensors", "weights.pth")  # torch_bridge's two formats
+
+
+def describe_path(path) -> tuple[str, pathlib.Path, int | None]:
+    """What a path holds: ("workdir", workdir, step) for a pretraining workdir, its
+    `checkpoints/` folder or one `checkpoints/<step>/` folder; ("export", dir, None) for a
+    torch_bridge export (config.json + model.safetensors or weights.pth).
+
+    Raises FileNotFoundError naming what was expected when it is none of these.
+    """
+    path = pathlib.Path(path).expanduser().absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir():
+        if (path / "checkpoints").is_dir():
+            return "workdir", path, None
+        if path.name == "checkpoints":
+            return "workdir", path.parent, None
+        if path.parent.name == "checkpoints" and path.name.isdigit():
+            return "workdir", path.parent.parent, int(path.name)
+        if (path / "config.json").is_file() and any((path / f).is_file() for f in EXPORT_FILES):
+            return "export", path, None
+    raise FileNotFoundError(
+        f"{path} is not a checkpoint: expected a pretraining workdir (with checkpoints/), a "
+        f"checkpoint step directory (checkpoints/<step>/) or a torch_bridge export (config.json "
+        f"with {' or '.join(EXPORT_FILES)})")
+
+
+def load_model(path, step: int | None = None) -> LoadedModel:
+    """The model stored at `path`, whatever it is (see `describe_path`); the latest step of
+    a workdir unless `step` is given. Parameters are placed into an abstract model, so
+    nothing is initialised twice."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from spacenit_jax.model import models
+
+    what, where, path_step = describe_path(path)
+    if what == "export":
+        if step is not None:
+            raise ValueError(f"{where} is an export of one step; --step does not apply")
+        from torch_bridge import import_checkpoint as im
+
+        src = im.read_source(where)
+        flat = im.state_dict_to_params(src.cfg, src.kind, src.state_dict,
+                                       where=str(src.weights_file))
+        cfg, kind, params, step = src.cfg, src.kind, im.nest(flat), src.step
+        run_config = {"model": {"config": config_to_dict(cfg), "kind": kind},
+                      "imported_from": {"source": str(where), "format": src.format}}
+    else:
+        if path_step is not None:
+            if step is not None and step != path_step:
+                raise ValueError(f"{path} is the checkpoint of step {path_step}, not {step}")
+            step = path_step
+        run_config = read_config(where, step)
+        cfg, kind = model_config(run_config)
+        params, step = restore_params(where, step)
+    abstract = nnx.eval_shape(lambda: models.build_model(cfg, kind))
+    graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
+    try:
+        nnx.replace_by_pure_dict(state, params)
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"checkpoint {where} (step {step}): parameters do not fit a {kind} "
+                         f"built from its own config: {err}") from None
+    missing = [jax.tree_util.keystr(p) for p, leaf in jax.tree_util.tree_leaves_with_path(state)
+               if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if missing:
+        raise ValueError(f"checkpoint {where} (step {step}) lacks parameters {missing[:5]} "
+                         f"({len(missing)} in all) of a {kind}")
+    state = jax.tree.map(jnp.asarray, state)
+    return LoadedModel(nnx.merge(graphdef, state, rest), cfg, kind, int(step), run_config, what)
