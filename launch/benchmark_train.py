@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     state = jax.jit(lambda: step.init_train_state(model_cfg, objective, tx, seed=0),
                     out_shardings=shardings)()
     graphdef, _, _ = step.split_model(step.abstract_model(model_cfg, objective.model_kind))
-    fn = step.make_train_step(graphdef, model_cfg, objective, tx, schedule, config.microbatches)
+    fn = step.make_train_step(graphdef, model_cfg, objective, tx, schedule, config.microbatches,
+                              mesh=mesh)
     batch = loop.global_batch(mesh, views)
     t0 = time.perf_counter()
     compiled = jax.jit(fn, in_shardings=(shardings, jax.tree.map(lambda x: x.sharding, batch)),

@@ -1,9 +1,17 @@
-"""Device mesh and logical-axis sharding rules.
+"""Device mesh and logical-axis sharding rules, for parameters and activations.
 
 Parameters carry logical axis names; one rules table maps them to the mesh axes
 `data`, `fsdp` and `tensor`. A mesh axis that does not divide a dimension is dropped
 for that dimension (the parameter is replicated along it) instead of failing, so odd
 shapes such as per-sensor patch embeddings work on any mesh.
+
+Activations are pinned the same way (`constrain`, MaxText-style): their batch axis stays
+split over `data` x `fsdp` at the model's boundaries and inside every block. Without it,
+once parameters are sharded over `fsdp` the partitioner may instead split activations
+along their embedding axis to match the weights and gather the whole global batch on
+every device (the FSDP fault: memory grew with the fsdp degree). With it, each weight
+is all-gathered (and its gradient reduce-scattered) per layer, and activations never
+leave their device.
 """
 
 from __future__ import annotations
@@ -26,6 +34,17 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     ("proj", None),
     ("patch", None),
     ("layers", None),
+)
+
+
+# Logical activation axes -> mesh axes. "batch" is the row axis of every activation.
+ACTIVATION_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
 )
 
 
@@ -93,3 +112,33 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def activation_spec(mesh, logical: Sequence[str | None], shape: Sequence[int],
+                    rules=ACTIVATION_RULES) -> PartitionSpec:
+    """PartitionSpec of an activation: mesh axes of size 1, axes missing from the mesh
+    and axes that do not divide the dimension are left out."""
+    table = dict(rules)
+    auto = {a for a, t in zip(mesh.axis_names, mesh.axis_types, strict=True)
+            if t == AxisType.Auto}  # explicit axes are the caller's business
+    out, used = [], set()
+    for name, dim in zip(logical, shape, strict=True):
+        axes = table.get(name) if name is not None else None
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        axes = tuple(a for a in axes if a in auto and mesh.shape[a] > 1 and a not in used)
+        size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+        if not axes or dim % size:
+            out.append(None)
+            continue
+        used.update(axes)
+        out.append(axes if len(axes) > 1 else axes[0])
+    return PartitionSpec(*out)
+
+
+def constrain(x, logical: Sequence[str | None]):
+    """Pin activation x to its logical axes on the mesh being traced under; a no-op
+    outside a mesh (single device, evaluation code called without one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, activation_spec(mesh, logical, x.shape))

@@ -410,6 +410,33 @@ def hw_distribution(allowed: Mapping[int, Sequence[int]]) -> dict[int, float]:
     return w
 
 
+def make_plan(cfg: PipelineConfig, layout: TokenLayout, tile_size: int
+              ) -> tuple[packing.PackingPlan, dict[int, tuple[int, ...]]]:
+    """The run's row geometry and the crop sizes drawn with each patch size, from the
+    config and the stored tile edge alone (no data is read: the same plan can be built
+    ahead of time, e.g. by launch.aot_compile)."""
+    allowed = {}
+    for p in cfg.patch_sizes:
+        hws = crop.allowed_hw(cfg.hw_p_list, p, tile_size, layout, cfg.token_budget)
+        if not hws:
+            raise ValueError(
+                f"patch size {p}: none of the crop sizes {list(cfg.hw_p_list)} fits the "
+                f"{tile_size}-pixel tiles of {cfg.path} within the token budget "
+                f"{cfg.token_budget}")
+        allowed[int(p)] = hws
+    strategy = masking.build_masking(cfg.masking)
+    all_hw = sorted({h for v in allowed.values() for h in v})
+    row_length = cfg.row_length
+    if row_length is None:
+        row_length = packing.align_up(max(crop.token_count(layout, h, cfg.token_budget)
+                                          for h in all_hw), cfg.align)
+    plan = packing.PackingPlan.build(
+        layout, cfg.token_budget, all_hw, cfg.rows, row_length, strategy,
+        hw_distribution(allowed), cfg.stream_costs, cfg.align, cfg.online_length,
+        cfg.decoder_length)
+    return plan, allowed
+
+
 def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0) -> Pipeline:
     """Build the plan, the schedule and the Grain dataset for this process.
 
@@ -426,25 +453,8 @@ def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0
     path = pathlib.Path(cfg.path)
     source = H5Source(path, layout.sensor_labels, "float32", cfg.filter_idx_file,
                       cfg.dataset_percentage, cfg.seed)
-    tile = stored_tile_size(source)
-    allowed = {}
-    for p in cfg.patch_sizes:
-        hws = crop.allowed_hw(cfg.hw_p_list, p, tile, layout, cfg.token_budget)
-        if not hws:
-            raise ValueError(
-                f"patch size {p}: none of the crop sizes {list(cfg.hw_p_list)} fits the "
-                f"{tile}-pixel tiles of {path} within the token budget {cfg.token_budget}")
-        allowed[int(p)] = hws
-    strategy = masking.build_masking(cfg.masking)
+    plan, allowed = make_plan(cfg, layout, stored_tile_size(source))
     all_hw = sorted({h for v in allowed.values() for h in v})
-    row_length = cfg.row_length
-    if row_length is None:
-        row_length = packing.align_up(max(crop.token_count(layout, h, cfg.token_budget)
-                                          for h in all_hw), cfg.align)
-    plan = packing.PackingPlan.build(
-        layout, cfg.token_budget, all_hw, cfg.rows, row_length, strategy,
-        hw_distribution(allowed), cfg.stream_costs, cfg.align, cfg.online_length,
-        cfg.decoder_length)
     pi, pn = _process(cfg)
     schedule = BatchSchedule(cfg.seed, allowed, {h: plan.samples_per_batch(h) * pn for h in all_hw})
     builder = BatchBuilder(cfg, layout, source, plan, schedule, pi, pn)

@@ -22,7 +22,8 @@ from spacenit_jax.tokenization import TokenLayout
 Preset = Literal["design_card", "reference_head", "reference_v1"]
 PRESETS: tuple[str, ...] = ("design_card", "reference_head", "reference_v1")
 
-# (embed_dim, depth, heads, decoder_depth, decoder_heads), spec section 12.
+# (embed_dim, depth, heads, decoder_depth, decoder_heads): the original's MODEL_SIZE_ARGS
+# (nano, tiny_shallow_decoder, base_shallow_decoder, large_shallow_decoder).
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "nano": (128, 4, 8, 4, 8),
     "tiny": (192, 12, 3, 4, 3),
@@ -69,11 +70,15 @@ class ModelConfig:
     out_channels: int | None = None  # pixel head channels; None: the widest token group
     # Execution switches (do not change parameters' values, only how they are stored/run).
     scan_layers: bool = False
-    remat: Literal["none", "full", "dots"] = "none"
+    # Rematerialisation policy of every block: none | dots_saveable | nothing_saveable
+    # (layers.REMAT_POLICIES; "dots" and "full" are older names of the last two).
+    remat: str = "none"
+    # Matmul input dtype; parameters, the residual stream, norms, softmax statistics and
+    # losses stay float32.
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
-    # None: "rowwise" (our CPU kernel) on the CPU, jax.nn.dot_product_attention ("xla")
-    # elsewhere; "cudnn" selects cuDNN flash attention (GPU, bfloat16 compute).
-    attention_impl: Literal["xla", "cudnn", "rowwise"] | None = None
+    # Attention kernel (model/attention.py): None picks for the platform the program is
+    # compiled for (rowwise on CPU, splash on TPU, cuDNN on GPU in bfloat16, xla else).
+    attention_impl: Literal["xla", "cudnn", "rowwise", "splash"] | None = None
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -93,8 +98,22 @@ class ModelConfig:
             raise ValueError(f"unknown ffn {self.ffn!r} or norm {self.norm!r}")
         if not self.prenorm and self.drop_path > 0:
             raise ValueError("drop_path needs pre-norm blocks (the post-norm v1 block has none)")
-        if self.remat not in ("none", "full", "dots"):
-            raise ValueError(f"remat must be none|full|dots, got {self.remat!r}")
+        remat = ("none", "dots_saveable", "nothing_saveable", "dots", "full")
+        if self.remat not in remat:
+            raise ValueError(f"remat must be one of {remat}, got {self.remat!r}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
+        impls = ("xla", "cudnn", "rowwise", "splash")
+        if self.attention_impl is not None and self.attention_impl not in impls:
+            raise ValueError(f"attention_impl must be one of {impls} or None, "
+                             f"got {self.attention_impl!r}")
+
+    @property
+    def dtype(self):
+        """The matmul input dtype for layers.Dense (None: the parameters' float32)."""
+        import jax.numpy as jnp
+
+        return jnp.bfloat16 if self.compute_dtype == "bfloat16" else None
 
     @property
     def head_dim(self) -> int:

@@ -19,7 +19,9 @@ from flax import nnx
 from spacenit_jax import sensors
 from spacenit_jax.batch import SubStream, TokenStream, embed_table_offsets
 from spacenit_jax.model import layers, positions
+from spacenit_jax.model.attention import Segments
 from spacenit_jax.model.config import ModelConfig
+from spacenit_jax.sharding import constrain
 from spacenit_jax.tokenization import month_sincos, sample_tokens, sensor_patches
 
 
@@ -59,7 +61,6 @@ class Tokenizer(nnx.Module):
 class Encoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else None
         self.tokenizer = Tokenizer(cfg, rngs=rngs)
         self.month_embed = layers.Dense(2, cfg.embed_dim, bias=False, rngs=rngs,
                                         axes=(None, "embed"))
@@ -68,7 +69,7 @@ class Encoder(nnx.Module):
             return layers.Block(
                 cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, ffn=cfg.ffn,
                 hidden=cfg.ffn_hidden(cfg.ffn_expansion), norm=cfg.norm, eps=cfg.norm_eps,
-                prenorm=cfg.prenorm, bias=cfg.bias, rngs=r, dtype=dtype,
+                prenorm=cfg.prenorm, bias=cfg.bias, rngs=r, dtype=cfg.dtype,
                 impl=cfg.attention_impl)
 
         self.blocks = layers.Stack(block, cfg.depth, rngs=rngs, scan=cfg.scan_layers,
@@ -80,21 +81,23 @@ class Encoder(nnx.Module):
         return x + self.month_embed(stream.month).astype(x.dtype)
 
     def __call__(self, patches, stream: TokenStream, sub: SubStream | None = None, *,
-                 deterministic: bool = True, rng=None):
+                 deterministic: bool = True, rng=None, num_segments: int | None = None):
         """Encode the tokens of `stream` (or of its sub-stream `sub`).
 
+        num_segments: a bound on the samples per row (the packed batch's slot count),
+        which lets the cuDNN kernel treat each sample as its own sequence.
         Returns (encoded (R, L', D), the TokenStream of the encoded tokens).
         """
         if sub is not None:
             stream = stream.select(sub, jnp)
-        x = self.embed(patches, stream)
+        x = constrain(self.embed(patches, stream), layers.TOKENS)
         rot = positions.rope(stream.row, stream.col, stream.time, stream.pos_scale,
                              self.cfg.head_dim, self.cfg.rope_theta)
-        mask = positions.segment_mask(stream.segment, stream.segment)
-        x = self.blocks(x, mask=mask, rope=rot, segment=stream.segment,
+        seg = Segments(stream.segment, stream.segment, num_segments=num_segments)
+        x = self.blocks(x, attn=seg, rope=rot, segment=stream.segment,
                         drop_rate=0.0 if deterministic else self.cfg.drop_path,
                         rng=None if deterministic else rng)
-        return self.norm(x), stream
+        return constrain(self.norm(x), layers.TOKENS), stream
 
     def encode_images(self, images, *, patch_size: int | None = None, months=None, gsd=None,
                       deterministic: bool = True, rng=None):
@@ -104,7 +107,7 @@ class Encoder(nnx.Module):
         """
         patches, stream = image_tokens(self.cfg, images, patch_size=patch_size,
                                        months=months, gsd=gsd)
-        return self(patches, stream, deterministic=deterministic, rng=rng)
+        return self(patches, stream, deterministic=deterministic, rng=rng, num_segments=1)
 
 
 def image_tokens(cfg: ModelConfig, images: Mapping[str, jax.Array], *,

@@ -9,10 +9,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from spacenit_jax.model import layers, positions
+from spacenit_jax.model import layers
+from spacenit_jax.model.attention import Segments
 
 
 def l2_normalize(x, eps: float = 1e-12):
+    """x / max(||x||_2, eps) along the last axis, computed in float32, returned in x's
+    dtype (torch.nn.functional.normalize's definition). The one L2 normalisation of the
+    project: projection heads, the contrastive losses, KNN on embeddings."""
     x32 = x.astype(jnp.float32)
     norm = jnp.sqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True))
     return (x32 / jnp.maximum(norm, eps)).astype(x.dtype)
@@ -67,5 +71,5 @@ class PoolingHead(nnx.Module):
         slots = jnp.broadcast_to(jnp.arange(num_slots, dtype=segment.dtype), (r, num_slots))
         key_seg = segment if include is None else jnp.where(include, segment, -1)
         q = jnp.broadcast_to(self.query[...].astype(x.dtype), (r, num_slots, x.shape[-1]))
-        out = self.cross_attn(q, positions.segment_mask(slots, key_seg), context=x)
+        out = self.cross_attn(q, Segments(slots, key_seg, num_segments=num_slots), context=x)
         return self.norm(out)

@@ -1,9 +1,15 @@
 """Transformer layers: dense, norms, feed-forwards, grouped-query attention, block, stack.
 
 Parameters carry logical axis names (`out_sharding` metadata) that a rules table maps to
-mesh axes. Initialisation follows PyTorch's defaults, as the original does, so a freshly
-built model is statistically the original's. Modules take random keys explicitly and
-never mutate state in `__call__`: they stay plain pytrees.
+mesh axes; activations are pinned to theirs (sharding.constrain: rows over data x fsdp)
+at each block's boundaries and inside it. Initialisation follows PyTorch's defaults, as
+the original does, so a freshly built model is statistically the original's. Modules
+take random keys explicitly and never mutate state in `__call__`: they stay plain
+pytrees.
+
+Precision: parameters are float32; with a compute dtype (bfloat16) the matmuls take
+their inputs in it, while the residual stream, norms, softmax statistics and the losses
+stay float32.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from spacenit_jax.model import attention, positions
+from spacenit_jax.sharding import constrain
+
+# Logical axes of the activations (sharding.ACTIVATION_RULES maps them to the mesh).
+TOKENS = ("batch", "length", "act_embed")
 
 
 def param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
@@ -93,7 +103,8 @@ class SwiGLU(nnx.Module):
         self.down = Dense(hidden, dim, bias=bias, rngs=rngs, axes=("mlp", "embed"), dtype=dtype)
 
     def __call__(self, x):
-        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+        hidden = constrain(jax.nn.silu(self.gate(x)) * self.up(x), ("batch", "length", "act_mlp"))
+        return self.down(hidden)
 
 
 class GeluMLP(nnx.Module):
@@ -104,7 +115,9 @@ class GeluMLP(nnx.Module):
         self.fc2 = Dense(hidden, dim, bias=bias, rngs=rngs, axes=("mlp", "embed"), dtype=dtype)
 
     def __call__(self, x):
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+        hidden = constrain(jax.nn.gelu(self.fc1(x), approximate=False),
+                           ("batch", "length", "act_mlp"))
+        return self.fc2(hidden)
 
 
 def make_ffn(kind: str, dim: int, hidden: int, *, bias: bool, rngs: nnx.Rngs, dtype=None):
@@ -117,6 +130,7 @@ class Attention(nnx.Module):
 
     Query head h uses key/value head h // (heads / kv_heads). A query with no valid key
     (padding, or a sample without context) gets a zero output, as in the original.
+    `impl` names the attention kernel (attention.IMPLS; None: the platform's).
     """
 
     def __init__(self, dim: int, heads: int, kv_heads: int | None, *, bias: bool,
@@ -130,19 +144,20 @@ class Attention(nnx.Module):
         self.o = Dense(heads * hd, dim, bias=bias, rngs=rngs, axes=("heads", "embed"), dtype=dtype)
         self.impl = impl
 
-    def __call__(self, x, mask, *, context=None, rope=None):
-        """x (R, L, D); context (R, M, D) or None (self-attention); mask bool (R, L, M)."""
+    def __call__(self, x, seg: attention.Segments, *, context=None, rope=None):
+        """x (R, L, D); context (R, M, D) or None (self-attention); seg: the queries' and
+        keys' segment ids (attention.Segments)."""
         r, n, _ = x.shape
         src = x if context is None else context
         m = src.shape[1]
-        q = self.q(x).reshape(r, n, self.heads, self.head_dim)
-        k = self.k(src).reshape(r, m, self.kv_heads, self.head_dim)
-        v = self.v(src).reshape(r, m, self.kv_heads, self.head_dim)
+        heads = ("batch", "length", "act_heads", None)
+        kv_heads = ("batch", "length", "act_kv_heads", None)
+        q = constrain(self.q(x).reshape(r, n, self.heads, self.head_dim), heads)
+        k = constrain(self.k(src).reshape(r, m, self.kv_heads, self.head_dim), kv_heads)
+        v = constrain(self.v(src).reshape(r, m, self.kv_heads, self.head_dim), kv_heads)
         if rope is not None:
             q, k = positions.apply_rope(q, rope), positions.apply_rope(k, rope)
-        out = attention.dot_product_attention(q, k, v, mask, self.impl)
-        has_key = jnp.any(mask, axis=-1)[:, :, None, None]
-        out = jnp.where(has_key, out, jnp.zeros((), out.dtype))
+        out = constrain(attention.dot_product_attention(q, k, v, seg, self.impl), heads)
         return self.o(out.reshape(r, n, self.heads * self.head_dim))
 
 
@@ -177,27 +192,51 @@ class Block(nnx.Module):
         self.ffn_norm = make_norm(norm, dim, eps)
         self.ffn = make_ffn(ffn, dim, hidden, bias=bias, rngs=rngs, dtype=dtype)
 
-    def __call__(self, x, *, mask=None, rope=None, context=None, cross_mask=None,
-                 segment=None, drop_rate: float = 0.0, rng=None):
+    def __call__(self, x, *, attn: attention.Segments | None = None, rope=None, context=None,
+                 cross: attention.Segments | None = None, segment=None,
+                 drop_rate: float = 0.0, rng=None):
+        """x (R, L, D); attn: self-attention segments; context (R, M, D) with cross: the
+        cross-attention segments; segment (R, L): the rows' sample slots (DropPath)."""
         keys = jax.random.split(rng, 3) if rng is not None else (None, None, None)
 
         def residual(x, fn, norm, key):
             if self.prenorm:
-                return x + drop_path(fn(norm(x)).astype(x.dtype), drop_rate, key, segment)
-            return norm(x + drop_path(fn(x).astype(x.dtype), drop_rate, key, segment))
+                x = x + drop_path(fn(norm(x)).astype(x.dtype), drop_rate, key, segment)
+            else:
+                x = norm(x + drop_path(fn(x).astype(x.dtype), drop_rate, key, segment))
+            return constrain(x, TOKENS)
 
+        x = constrain(x, TOKENS)
         if self.attn is not None:
-            x = residual(x, lambda h: self.attn(h, mask, rope=rope), self.attn_norm, keys[0])
+            x = residual(x, lambda h: self.attn(h, attn, rope=rope), self.attn_norm, keys[0])
         if self.cross_attn is not None:
-            x = residual(x, lambda h: self.cross_attn(h, cross_mask, context=context),
+            x = residual(x, lambda h: self.cross_attn(h, cross, context=context),
                          self.cross_norm, keys[1])
         return residual(x, self.ffn, self.ffn_norm, keys[2])
 
 
-_REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+# Rematerialisation policies of a block (jax.checkpoint), by name:
+#   none              keep every intermediate for the backward pass (fastest, most memory);
+#   dots_saveable     keep the outputs of matmuls without batch dimensions (the q/k/v/out
+#                     projections and the feed-forward layers), recompute the rest
+#                     (attention, norms, activations): jax's dots_with_no_batch_dims_saveable;
+#   nothing_saveable  keep only each block's input, recompute the whole block.
+# "dots" and "full" are accepted as the older names of the last two.
+REMAT_POLICIES = {
+    "none": None,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
 }
+REMAT_ALIASES = {"dots": "dots_saveable", "full": "nothing_saveable"}
+LAYER_AXIS = {nnx.PARTITION_NAME: "layers"}  # the stacked-layer axis' logical name
+
+
+def remat_policy(name: str):
+    name = REMAT_ALIASES.get(name, name)
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {name!r}; known: "
+                         f"{sorted(REMAT_POLICIES) + sorted(REMAT_ALIASES)}")
+    return name, REMAT_POLICIES[name]
 
 
 class Stack(nnx.Module):
@@ -205,12 +244,14 @@ class Stack(nnx.Module):
 
     Both layouts are built from the same per-layer initialisation, so a scanned and an
     unrolled model made with the same seed hold identical values (see stack_layers /
-    unstack_layers for converting checkpoints between them).
+    unstack_layers for converting checkpoints between them). `remat` names a
+    REMAT_POLICIES entry applied to every block.
     """
 
     def __init__(self, make_block: Callable[[nnx.Rngs], Block], depth: int, *,
                  rngs: nnx.Rngs, scan: bool = False, remat: str = "none"):
         blocks = [make_block(rngs) for _ in range(depth)]
+        remat_policy(remat)
         self.depth, self.scan, self.remat = depth, scan, remat
         if scan:
             self.layers = stack_modules(blocks)
@@ -225,28 +266,28 @@ class Stack(nnx.Module):
             block = nnx.merge(graphdef, layer_state)
             return block(x, rng=key if use_keys else None, **kwargs)
 
-        if self.remat != "none":
-            run = jax.checkpoint(run, policy=_REMAT_POLICIES[self.remat], static_argnums=(0,))
+        name, policy = remat_policy(self.remat)
+        if name != "none":
+            run = jax.checkpoint(run, policy=policy, static_argnums=(0,))
         if not self.scan:
             for i, block in enumerate(self.layers):
                 graphdef, layer_state = nnx.split(block)
                 x = run(graphdef, layer_state, x, keys[i])
             return x
         graphdef, state = nnx.split(self.layers)
-        x, _ = jax.lax.scan(lambda x, inp: (run(graphdef, *inp[:1], x, inp[1]), None),
-                            x, (state, keys))
+
+        def body(x, inputs):
+            layer_state, key = inputs
+            return run(graphdef, nnx.spmd.remove_axis(layer_state, 0, LAYER_AXIS), x, key), None
+
+        x, _ = jax.lax.scan(body, x, (state, keys))
         return x
 
 
 def stack_modules(blocks: Sequence[nnx.Module]) -> nnx.Module:
-    """One module whose parameters are the per-layer parameters stacked on a 'layers' axis."""
+    """One module whose parameters are the per-layer parameters stacked on a leading
+    axis, named "layers" in their sharding metadata by Flax's own axis handling."""
     graphdef, *_ = nnx.split(blocks[0])
     states = [nnx.state(b) for b in blocks]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    flat = []
-    for path, var in nnx.to_flat_state(stacked):
-        axes = var.get_metadata().get("out_sharding")
-        if axes is not None:
-            var = var.replace(out_sharding=("layers", *axes))
-        flat.append((path, var))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    return nnx.merge(graphdef, nnx.spmd.add_axis(stacked, 0, LAYER_AXIS))

@@ -15,7 +15,8 @@ import numpy as np
 from flax import nnx
 
 from spacenit_jax.batch import PackedView, SubStream, TokenStream, embed_table_offsets
-from spacenit_jax.model import heads, layers, positions
+from spacenit_jax.model import heads, layers
+from spacenit_jax.model.attention import Segments
 from spacenit_jax.model.config import ModelConfig
 from spacenit_jax.model.decoder import make_decoder
 from spacenit_jax.model.encoder import Encoder, image_tokens
@@ -28,7 +29,7 @@ EMA_PAIRS = (("encoder", "target_encoder"), ("online_proj", "target_proj"))
 
 
 def ema_momentum(cfg: ModelConfig, step):
-    """m = m0 + (m1 - m0) * min(step / max(warmup, 1), 1) (spec 9.3)."""
+    """The original's EMA momentum schedule: m = m0 + (m1 - m0) * min(step / max(warmup, 1), 1)."""
     progress = jnp.minimum(jnp.asarray(step, jnp.float32) / max(cfg.ema_warmup_steps, 1), 1.0)
     return cfg.ema_momentum + (cfg.ema_momentum_end - cfg.ema_momentum) * progress
 
@@ -52,10 +53,13 @@ def _encode_both(model, view: PackedView, deterministic, rng, target_determinist
     the queries' TokenStream).
     """
     k_online, k_target = _split(rng, 2)
+    slots = view.sample_valid.shape[1]
     online, online_stream = model.encoder(view.patches, view.tokens, view.online,
-                                          deterministic=deterministic, rng=k_online)
+                                          deterministic=deterministic, rng=k_online,
+                                          num_segments=slots)
     target, _ = model.target_encoder(view.patches, view.tokens,
-                                     deterministic=target_deterministic, rng=k_target)
+                                     deterministic=target_deterministic, rng=k_target,
+                                     num_segments=slots)
     targets = jnp.take_along_axis(jax.lax.stop_gradient(target), view.decoder.src[..., None],
                                   axis=1)
     return online, online_stream, targets, view.tokens.select(view.decoder, jnp)
@@ -78,7 +82,7 @@ class LatentPredictor(nnx.Module):
         num_slots = view.sample_valid.shape[1]
         online, online_stream, targets, query_stream = _encode_both(
             self, view, deterministic, rng, target_deterministic)
-        predictions = self.decoder(online, online_stream, query_stream)
+        predictions = self.decoder(online, online_stream, query_stream, num_slots)
         pooled, count = _pool(self.cfg, online, online_stream, num_slots)
         return {
             "predictions": predictions,
@@ -96,10 +100,11 @@ class LatentPredictor(nnx.Module):
         k_online, k_target = _split(rng, 2)
         num_slots = view.sample_valid.shape[1]
         online, online_stream = self.encoder(view.patches, view.tokens, view.online,
-                                             deterministic=deterministic, rng=k_online)
+                                             deterministic=deterministic, rng=k_online,
+                                             num_segments=num_slots)
         target, target_stream = self.target_encoder(view.patches, view.tokens,
                                                     deterministic=target_deterministic,
-                                                    rng=k_target)
+                                                    rng=k_target, num_segments=num_slots)
         online_pooled, count = _pool(self.cfg, online, online_stream, num_slots)
         target_pooled, _ = _pool(self.cfg, jax.lax.stop_gradient(target), target_stream,
                                  num_slots)
@@ -122,10 +127,12 @@ class AutoEncoder(nnx.Module):
                                           cfg.layout.base_patch_size, rngs=rngs)
 
     def __call__(self, view: PackedView, *, deterministic: bool = True, rng=None):
+        slots = view.sample_valid.shape[1]
         online, online_stream = self.encoder(view.patches, view.tokens, view.online,
-                                             deterministic=deterministic, rng=rng)
+                                             deterministic=deterministic, rng=rng,
+                                             num_segments=slots)
         query_stream = view.tokens.select(view.decoder, jnp)
-        decoded = self.decoder(online, online_stream, query_stream)
+        decoded = self.decoder(online, online_stream, query_stream, slots)
         pixels, pixel_mask = token_pixels(self.cfg, view, query_stream,
                                           self.pixel_head.proj.kernel.shape[1])
         return {"reconstructed": self.pixel_head(decoded), "pixels": pixels,
@@ -153,8 +160,8 @@ class DualBranch(nnx.Module):
         num_slots = view.sample_valid.shape[1]
         online, online_stream, targets, query_stream = _encode_both(
             self, view, deterministic, rng, target_deterministic)
-        latent = self.latent_decoder(online, online_stream, query_stream)
-        decoded = self.pixel_decoder(online, online_stream, query_stream)
+        latent = self.latent_decoder(online, online_stream, query_stream, num_slots)
+        decoded = self.pixel_decoder(online, online_stream, query_stream, num_slots)
         pixels, pixel_mask = token_pixels(self.cfg, view, query_stream,
                                           self.pixel_head.proj.kernel.shape[1])
         pooled, count = _pool(self.cfg, online, online_stream, num_slots)
@@ -170,12 +177,15 @@ class DualBranch(nnx.Module):
 
 
 class AxialBlock(nnx.Module):
+    """Attention along rows, columns and time: three encoder-shaped blocks."""
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         def block():
             return layers.Block(
                 cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, ffn=cfg.ffn,
                 hidden=cfg.ffn_hidden(cfg.ffn_expansion), norm=cfg.norm, eps=cfg.norm_eps,
-                prenorm=cfg.prenorm, bias=cfg.bias, rngs=rngs, impl=cfg.attention_impl)
+                prenorm=cfg.prenorm, bias=cfg.bias, rngs=rngs, dtype=cfg.dtype,
+                impl=cfg.attention_impl)
 
         self.h_block, self.w_block, self.t_block = block(), block(), block()
 
@@ -185,9 +195,10 @@ class SpatioTemporalEncoder(nnx.Module):
 
     The axes come from each token's ids (same sample, sensor, group and the other two
     coordinates), not from a reshape, so any token order, several sensors, several
-    spectral groups and T > 1 are handled (the original's reshape assumed one
-    single-group sensor, spec 16 item 16). Type tokens skip the axial layers and are
-    pooled with the rest, as in the original.
+    spectral groups and T > 1 are handled (the original reshapes the tokens to
+    (H, W, T), which matches its (T, group, H, W) token order only for one single-group
+    sensor with T = 1). Type tokens skip the axial layers and are pooled with the rest,
+    as in the original.
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -199,11 +210,11 @@ class SpatioTemporalEncoder(nnx.Module):
         self.proj = heads.ProjectionHead(cfg.embed_dim, cfg.projection_dim, rngs=rngs)
 
     def __call__(self, view: PackedView, *, deterministic: bool = True, rng=None):
+        num_slots = view.sample_valid.shape[1]
         x, s = self.encoder(view.patches, view.tokens, view.online,
-                            deterministic=deterministic, rng=rng)
+                            deterministic=deterministic, rng=rng, num_segments=num_slots)
         is_patch = s.group >= 0
-        base = positions.segment_mask(s.segment, s.segment)
-        base = base & (s.sensor[:, :, None] == s.sensor[:, None, :])
+        base = s.sensor[:, :, None] == s.sensor[:, None, :]
         base = base & (s.group[:, :, None] == s.group[:, None, :]) & is_patch[:, :, None]
 
         def same(*fields):
@@ -212,13 +223,13 @@ class SpatioTemporalEncoder(nnx.Module):
                 m = m & (f[:, :, None] == f[:, None, :])
             return m
 
-        masks = (same(s.col, s.time), same(s.row, s.time), same(s.row, s.col))
+        segs = [Segments(s.segment, s.segment, same(*axes)) for axes in
+                ((s.col, s.time), (s.row, s.time), (s.row, s.col))]
         for axial in self.axial_layers:
-            for blk, mask in zip((axial.h_block, axial.w_block, axial.t_block), masks,
-                                 strict=True):
-                x = jnp.where(is_patch[..., None], blk(x, mask=mask, segment=s.segment), x)
+            for blk, seg in zip((axial.h_block, axial.w_block, axial.t_block), segs,
+                                strict=True):
+                x = jnp.where(is_patch[..., None], blk(x, attn=seg, segment=s.segment), x)
         x = self.norm(x)
-        num_slots = view.sample_valid.shape[1]
         pooled = self.pool(x, s.segment, num_slots)
         return {"encoded": x, "pooled": pooled, "projected": self.proj(pooled)}
 

@@ -1,7 +1,7 @@
 """Positional signals: 2-D spatial + temporal RoPE, decoder sin-cos encodings, masks.
 
 Everything is computed analytically from per-token ids (no tables), in float32, with
-the original's conventions (reference-model spec 4.2-4.5):
+the original's conventions:
 - RoPE pairs are interleaved (channels 2k, 2k+1); within a head the first half of the
   pairs carries row + time, the second half column + time; sensor-type tokens
   (row == -1) are not rotated. Spatial and temporal rotations are combined as a product

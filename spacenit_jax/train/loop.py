@@ -253,7 +253,7 @@ class Trainer:
 
     def compile(self, state, views):
         fn = step.make_train_step(self.graphdef, self.model_cfg, self.objective, self.tx,
-                                  self.schedule, self.config.microbatches)
+                                  self.schedule, self.config.microbatches, mesh=self.mesh)
         batch_sharding = jax.tree.map(lambda x: x.sharding, views)
         jitted = jax.jit(fn, in_shardings=(self.state_sharding, batch_sharding),
                          out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),

@@ -106,7 +106,13 @@ def microbatches(tree, num: int):
 
 
 def make_train_step(graphdef, model_cfg: ModelConfig, objective: objectives.ObjectiveConfig,
-                    tx, schedule, num_microbatches: int = 1):
+                    tx, schedule, num_microbatches: int = 1, mesh=None):
+    """The pure step function (jit it with the state and batch shardings).
+
+    mesh: the mesh the step is compiled for. The model traces under it (as an abstract
+    mesh), so its activation sharding constraints and the attention kernel's choice
+    (splash on TPU, cuDNN on GPU) follow the mesh's devices, not the host's.
+    """
     def loss_fn(params, target, batch, key):
         model = nnx.merge(graphdef, params["model"], target)
         return objectives.compute_loss(objective, model, params["loss"], batch, rng=key)
@@ -115,6 +121,12 @@ def make_train_step(graphdef, model_cfg: ModelConfig, objective: objectives.Obje
 
     @tracing.counted("train_step")
     def train_step(state: TrainState, batch):
+        if mesh is None:
+            return _train_step(state, batch)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return _train_step(state, batch)
+
+    def _train_step(state: TrainState, batch):
         rng, key = jax.random.split(state.rng)
         views = {k: v for k, v in batch.items() if k.startswith("view_")}
         if num_microbatches == 1:
