@@ -210,13 +210,15 @@ def tile_size_for(config, tile_size: int | None) -> int:
         return int(tile_size)
     if not config.data.path:
         return int(config.data.synthetic_tile_size)
-    from spacenit_jax.data.h5 import parse_dataset_dir
-
-    info = parse_dataset_dir(config.data.path)
-    if info.tile_size is None:
-        raise ValueError(f"cannot tell the tile size from the dataset path {config.data.path} "
-                         "(not the standard <name>_<tile>_x_<n>/ layout); pass --tile_size")
-    return int(info.tile_size)
+    # The dataset need not be reachable from here: read the tile edge from the standard
+    # directory name <name>_<tile>_x_<subtiles>/<sensors>/<num_samples>.
+    for part in reversed(pathlib.PurePath(config.data.path).parts):
+        m = re.fullmatch(r".*_(\d+)_x_\d+", part)
+        if m:
+            return int(m.group(1))
+    raise ValueError(f"cannot tell the tile size from the dataset path {config.data.path} "
+                     "(not the standard <name>_<tile>_x_<n>/<sensors>/<num_samples> layout); "
+                     "pass --tile_size")
 
 
 @dataclasses.dataclass
@@ -236,6 +238,7 @@ class Setup:
     state_sharding: object
     abstract_state: object
     batch: dict
+    compile_cpu_s: float = 0.0  # CPU time of the last compile (all threads)
 
 
 def build(config, target: Target, tile_size: int | None = None, devices=None) -> Setup:
@@ -303,10 +306,11 @@ def compile_step(s: Setup, microbatches: int | None = None, model_cfg=None):
     jitted = jax.jit(fn, in_shardings=(s.state_sharding, batch_sharding),
                      out_shardings=(s.state_sharding, sharding.replicated(s.mesh)),
                      donate_argnums=0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with _target_compute_capability(s.target):
         lowered = jitted.lower(state, s.batch)
     compiled = lowered.compile()
+    s.compile_cpu_s = time.process_time() - c0
     return compiled, time.perf_counter() - t0
 
 
@@ -356,7 +360,7 @@ def report(s: Setup, compiled, compile_s: float, unrolled_flops: float | None = 
     masked, kind, views = s.objective.masked, s.objective.model_kind, s.objective.num_views
     real = flops.plan_step_flops(s.model_cfg, plan, views, masked, kind) * s.hosts / n
     padded = flops.plan_step_flops(s.model_cfg, plan, views, masked, kind, padded=True) * s.hosts / n
-    cost = compiled.cost_analysis() if t.platform != "cpu" or True else None
+    cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     compiled_flops = float(cost["flops"]) if cost and "flops" in cost else None
     bytes_accessed = float(cost["bytes accessed"]) if cost and "bytes accessed" in cost else None
@@ -407,7 +411,7 @@ def report(s: Setup, compiled, compile_s: float, unrolled_flops: float | None = 
             "flops_source": "compiled_unrolled" if unrolled_flops is not None else "analytic_padded",
             "bytes_source": bytes_source,
             "note": "roofline estimate (no overlap loss, no collectives), not a measurement"},
-        "compile_s": round(compile_s, 1),
+        "compile_s": round(compile_s, 1), "compile_cpu_s": round(s.compile_cpu_s, 1),
         "custom_calls": custom_calls(hlo),
         "host_load_1m": round(os.getloadavg()[0], 2),
     }
@@ -454,6 +458,8 @@ def main(argv) -> int:
 
     FLAGS = flags.FLAGS
     config = FLAGS.config
+    with _quiet_native_stderr():
+        import jax  # noqa: F401 - first import: the CUDA plugin's driver probe
     try:
         target = get_target(FLAGS.target)
         with _quiet_native_stderr():
@@ -465,7 +471,9 @@ def main(argv) -> int:
             config.lock()
         else:
             compiled, secs = compile_step(s)
+        cpu_s = s.compile_cpu_s
         extra = unrolled_flops(s) if FLAGS.unrolled_flops else None
+        s.compile_cpu_s = cpu_s
     except MissingExtra as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -479,9 +487,7 @@ def main(argv) -> int:
         for line in msg[1:6]:
             print(f"  {line}", file=sys.stderr)
         return 1
-    out = report(s, compiled, secs, extra, spec=FLAGS["config"].value
-                 if hasattr(FLAGS["config"], "value") else "")
-    out["config"] = _config_spec(argv)
+    out = report(s, compiled, secs, extra, spec=" ".join(sys.argv[1:]))
     print(json.dumps(out))
     if FLAGS.hlo_out:
         pathlib.Path(FLAGS.hlo_out).write_text(compiled.as_text())
@@ -490,11 +496,6 @@ def main(argv) -> int:
               f"{target.name} has {out['memory']['hbm_gib']} GiB", file=sys.stderr)
         return 1
     return 0
-
-
-def _config_spec(argv) -> str:
-    args = [a for a in sys.argv[1:] if a.startswith("--config")]
-    return " ".join(args)
 
 
 def define_flags():

@@ -123,7 +123,7 @@ def _per_device(kernel, q, k, v, seg: Segments):
     """Run `kernel` on each device's rows (shard_map over the batch axes) when tracing
     under a mesh whose batch axes split the rows; else on the whole batch."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
+    if mesh.empty or mesh.size == 1:
         return kernel(q, k, v, seg)
     batch = tuple(a for a in ("data", "fsdp") if a in mesh.shape and mesh.shape[a] > 1)
     shards = int(np.prod([mesh.shape[a] for a in batch])) if batch else 1
