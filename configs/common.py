@@ -50,6 +50,23 @@ def _model_overrides() -> ConfigDict:
     })
 
 
+def execution_defaults(size: str) -> dict:
+    """How a model size runs by default (never what it computes), chosen so that each
+    config fits its target hardware out of the box; measured with launch.aot_compile
+    (README, "Check a pod run before you book it").
+
+    nano, tiny: float32, unrolled layers (CPU-friendly, seconds to compile).
+    base, large: bfloat16 matmul inputs (float32 weights, residual stream, norms and
+      losses) and scanned layers (one compiled block per stack: a pod compile takes
+      minutes, not tens of minutes). No rematerialisation: at the official global batch
+      (>= 512 samples) both fit with room to spare (base on 8 x H100: 38 GiB of 80).
+    The attention kernel follows the compile target (model/attention.py).
+    """
+    if size in ("base", "large"):
+        return {"compute_dtype": "bfloat16", "scan_layers": True, "remat": "none"}
+    return {"compute_dtype": "float32", "scan_layers": False, "remat": "none"}
+
+
 def base_config(preset: str, size: str, smoke: bool, objective: str) -> ConfigDict:
     c = ConfigDict()
     c.seed = 0
@@ -62,8 +79,8 @@ def base_config(preset: str, size: str, smoke: bool, objective: str) -> ConfigDi
     c.stop_at_step = 0  # >0: checkpoint and stop there as if preempted (time-limited jobs)
     c.model = ConfigDict({
         "preset": preset, "size": size, "sensor_labels": tuple(sensors.OFFICIAL_SENSORS),
-        "overrides": _model_overrides(), "compute_dtype": "float32", "scan_layers": False,
-        "remat": "none", "attention_impl": config_dict.placeholder(str),
+        "overrides": _model_overrides(), **execution_defaults("nano" if smoke else size),
+        "attention_impl": config_dict.placeholder(str),
     })
     c.objective = ConfigDict({
         "name": objective, "patch_disc_tau": 0.1, "patch_disc_pred2unit": False,

@@ -30,10 +30,13 @@ from __future__ import annotations
 import os
 
 # Compile-only devices need no accelerator: keep JAX on the CPU, and give libtpu the
-# environment a TPU VM would (else it queries cloud metadata and logs errors).
+# environment a TPU VM would (else it queries cloud metadata and logs errors). There is
+# no TPU to share, so several compiles may load libtpu at once (it otherwise takes
+# /tmp/libtpu_lockfile and refuses a second process).
 os.environ["JAX_PLATFORMS"] = "cpu"
 for _key, _value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_ID", "0"),
-                     ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_ACCELERATOR_TYPE", "v5p-8")):
+                     ("TPU_WORKER_HOSTNAMES", "localhost"), ("TPU_ACCELERATOR_TYPE", "v5p-8"),
+                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
     os.environ.setdefault(_key, _value)
 
 import contextlib  # noqa: E402
@@ -239,6 +242,7 @@ class Setup:
     abstract_state: object
     batch: dict
     compile_cpu_s: float = 0.0  # CPU time of the last compile (all threads)
+    lower_s: float = 0.0  # of which tracing and lowering to StableHLO (wall)
 
 
 def build(config, target: Target, tile_size: int | None = None, devices=None) -> Setup:
@@ -309,6 +313,7 @@ def compile_step(s: Setup, microbatches: int | None = None, model_cfg=None):
     t0, c0 = time.perf_counter(), time.process_time()
     with _target_compute_capability(s.target):
         lowered = jitted.lower(state, s.batch)
+    s.lower_s = time.perf_counter() - t0
     compiled = lowered.compile()
     s.compile_cpu_s = time.process_time() - c0
     return compiled, time.perf_counter() - t0
@@ -412,6 +417,7 @@ def report(s: Setup, compiled, compile_s: float, unrolled_flops: float | None = 
             "bytes_source": bytes_source,
             "note": "roofline estimate (no overlap loss, no collectives), not a measurement"},
         "compile_s": round(compile_s, 1), "compile_cpu_s": round(s.compile_cpu_s, 1),
+        "lower_s": round(s.lower_s, 1),
         "custom_calls": custom_calls(hlo),
         "host_load_1m": round(os.getloadavg()[0], 2),
     }
@@ -458,8 +464,6 @@ def main(argv) -> int:
 
     FLAGS = flags.FLAGS
     config = FLAGS.config
-    with _quiet_native_stderr():
-        import jax  # noqa: F401 - first import: the CUDA plugin's driver probe
     try:
         target = get_target(FLAGS.target)
         with _quiet_native_stderr():
@@ -471,9 +475,9 @@ def main(argv) -> int:
             config.lock()
         else:
             compiled, secs = compile_step(s)
-        cpu_s = s.compile_cpu_s
+        cpu_s, lower_s = s.compile_cpu_s, s.lower_s
         extra = unrolled_flops(s) if FLAGS.unrolled_flops else None
-        s.compile_cpu_s = cpu_s
+        s.compile_cpu_s, s.lower_s = cpu_s, lower_s
     except MissingExtra as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -492,8 +496,9 @@ def main(argv) -> int:
     if FLAGS.hlo_out:
         pathlib.Path(FLAGS.hlo_out).write_text(compiled.as_text())
     if not out["fits"]:
-        print(f"error: the step needs {out['memory']['total_gib']} GiB per device, "
-              f"{target.name} has {out['memory']['hbm_gib']} GiB", file=sys.stderr)
+        print(f"error: the step does not fit: it needs {out['memory']['total_gib']} GiB per "
+              f"device, {target.name} has {out['memory']['hbm_gib']} GiB (more microbatches: "
+              "--fit; or remat, fsdp, fewer rows)", file=sys.stderr)
         return 1
     return 0
 
@@ -517,5 +522,7 @@ def define_flags():
 if __name__ == "__main__":
     from absl import app
 
+    with _quiet_native_stderr():
+        import jax  # noqa: F401 - first import (config files import it): the CUDA plugin's driver probe
     define_flags()
     app.run(lambda argv: sys.exit(main(argv)))

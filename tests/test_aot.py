@@ -108,8 +108,10 @@ def test_a_program_that_does_not_fit_fails_with_the_compilers_message():
     proc = run("--config", "configs/nano.py:smoke", "--target", "v5e-8",
                "--config.data.rows=32768")
     assert proc.returncode == 1
-    assert "error: compiling for v5e-8 failed" in proc.stderr
-    assert "RESOURCE_EXHAUSTED" in proc.stderr or "memory" in proc.stderr.lower()
+    # the compiler's own out-of-memory error, or (when the compile-only compiler does not
+    # check) the memory analysis against the device's HBM
+    assert ("RESOURCE_EXHAUSTED" in proc.stderr
+            or "error: the step does not fit: it needs" in proc.stderr), proc.stderr[-2000:]
 
 
 def test_targets_and_clear_errors():

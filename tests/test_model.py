@@ -263,6 +263,11 @@ def test_scan_and_unrolled_layers_agree():
     a, b = forward(model, view), forward(scanned, view)
     np.testing.assert_allclose(a["predictions"], b["predictions"], atol=1e-5)
     np.testing.assert_allclose(a["encoder_pooled"], b["encoder_pooled"], atol=1e-5)
+    # stacked parameters carry the "layers" axis in their sharding metadata (Flax's axis
+    # handling), in front of the per-layer axes
+    gate = scanned.encoder.blocks.layers.ffn.gate.kernel
+    assert gate.get_metadata()["out_sharding"] == ("layers", "embed", "mlp")
+    assert gate.shape == (cfg.depth, *model.encoder.blocks.layers[0].ffn.gate.kernel.shape)
 
 
 def test_sharded_forward_equals_single_device():

@@ -91,6 +91,25 @@ def _sample_valid(view, *counts):
     return valid.reshape(-1)
 
 
+def _interleave_rows(a, b):
+    """Two views of the same shapes as one batch, rows interleaved (a0, b0, a1, b1, ...).
+
+    The model then runs once over both views: one program to compile instead of two (the
+    step compiles in about half the time) and, because each device's rows of both views
+    stay on that device, no data moves. Rows never interact inside the model, so this
+    equals two separate passes (DropPath draws from one key for both views instead of one
+    key each)."""
+    return jax.tree.map(lambda x, y: jnp.stack([x, y], axis=1).reshape(-1, *x.shape[1:]), a, b)
+
+
+def _split_rows(out):
+    """Inverse of _interleave_rows on the model's per-row outputs."""
+    def part(i):
+        return jax.tree.map(lambda x: x.reshape(-1, 2, *x.shape[1:])[:, i], out)
+
+    return part(0), part(1)
+
+
 def _stream_stats(view, prefix: str) -> dict:
     real = jnp.sum(view.tokens.segment >= 0)
     online = jnp.sum(view.online.segment >= 0)
@@ -110,9 +129,9 @@ def compute_loss(cfg: ObjectiveConfig, model, loss_params, batch, *, rng=None,
     slots = view_a.sample_valid.shape[1]
     metrics = _stream_stats(view_a, "mask/")
     if cfg.name == "mim":
-        view_b = batch["view_b"]
-        out_a = model(view_a, deterministic=det, rng=keys[0], target_deterministic=tdet)
-        out_b = model(view_b, deterministic=det, rng=keys[1], target_deterministic=tdet)
+        both = model(_interleave_rows(view_a, batch["view_b"]), deterministic=det,
+                     rng=keys[0], target_deterministic=tdet)
+        out_a, out_b = _split_rows(both)
         pd = 0.5 * sum(losses.patch_discrimination(
             o["predictions"], o["targets"], o["decoder_segment"], slots, cfg.patch_disc_tau,
             cfg.patch_disc_pred2unit) for o in (out_a, out_b))
