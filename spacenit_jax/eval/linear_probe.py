@@ -1,32 +1,45 @@
-"""Linear probes on frozen features, with the learning-rate sweep compiled as one program.
+"""Linear probes on frozen features: classification, multilabel, segmentation, regression.
 
-What the reference does (spec §9.3/§9.4) and what we do:
+Three recipes (`ProbeConfig.recipe`), each reported with the score it produced:
 
-- Classification probe: BatchNorm1d(D) -> Linear(D, C). We standardise the features with the
-  mean and (biased) variance of the *train* features, eps 1e-5, and no learnable affine (a
-  learnable scale/shift in front of a linear layer is absorbed by that layer). This is what
-  BatchNorm computes at eval time with exact population statistics; unlike BatchNorm in train
-  mode it does not depend on the batch composition, which keeps the probe deterministic.
-  Segmentation probes have no normalisation in the reference (`normalize=None` follows that).
-- Segmentation probe: Linear(D, C*s*s) per patch token, s = int(sqrt(H*W / T)); each token's
-  output is read as (C, s, s), placed at its patch (tokens are row-major over the Hp x Wp
-  grid), and the logits are bilinearly resized with align_corners=True to the label size if
-  it differs. Loss: cross-entropy with ignore index -1. Multilabel: sigmoid BCE.
-- AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0.01 on every parameter, like torch's
-  default param group). The learning rate is set every iteration by a half-cycle cosine
-  with linear warmup over int(0.1*epochs) epochs and floor 1e-5, evaluated at fractional
-  epoch e = epoch + i/steps_per_epoch.
-- Training runs in chunks of `eval_interval` epochs (default: all epochs in one chunk); each
-  chunk starts a fresh AdamW state, ends with a validation pass, and the best-on-validation
-  parameters are kept (strict improvement, so the earliest best wins).
+- "lbfgs" (default for classification, multilabel and segmentation): the L2-regularised
+  logistic (softmax / sigmoid) loss minimised to convergence with full-batch L-BFGS
+  (`optax.lbfgs` with its zoom line search), from zero weights, on standardised features.
+  The objective is mean loss + ||W||^2 / (2 C N) (N = training samples; the bias is not
+  penalised), i.e. scikit-learn's LogisticRegression objective divided by N, so C has
+  scikit-learn's meaning (default 1.0). With validation data every C of `cs` is fitted
+  (one vmapped program) and the best on validation is kept; stopping: gradient norm below
+  `tol` or `max_iter` iterations. Segmentation uses the mean loss over labelled pixels.
+  Full-batch passes run over fixed-size chunks of rows under `jax.checkpoint`, so memory
+  is bounded by the chunk, not the dataset.
+- "ridge" (default for regression): closed-form L2-regularised least squares,
+  minimising sum of squared errors + alpha ||W||^2 (scikit-learn's Ridge objective, bias
+  not penalised), solved in float64 on the host from X^T X accumulated on the device;
+  every alpha of `alphas` is solved from one eigendecomposition and the best validation
+  RMSE wins. NaN targets are missing values: they drop out of their output's equations.
+- "reference_adamw": the original's recipe, kept for comparability with published numbers
+  (it stops before convergence: on scikit-learn's digits, 2.4 points below the converged
+  logistic regression). Classification probe BatchNorm1d(D) -> Linear(D, C): the features
+  are standardised with the train mean and biased variance, eps 1e-5, no learnable affine
+  (absorbed by the linear layer; BatchNorm at eval time with exact population statistics).
+  AdamW (betas 0.9/0.999, eps 1e-8, weight decay 0.01 on every parameter), torch's
+  nn.Linear init U(+-1/sqrt(D)), learning rate set every iteration by a half-cycle cosine
+  with linear warmup over int(0.1*epochs) epochs and floor 1e-5 at fractional epoch
+  e = epoch + i/steps_per_epoch; training in chunks of `eval_interval` epochs, each with a
+  fresh AdamW state and a validation pass, keeping the best chunk (strict improvement).
+  Segmentation probes are not standardised in this recipe (as in the original). Every
+  learning rate of `lrs` is trained in one vmapped program with the same initialisation
+  and batch order; the last batch of an epoch is padded with masked slots, so each step has
+  one shape. Regression under this recipe uses the mean squared error.
 
-Static shapes: an epoch is ceil(N/batch) steps over a permutation of the train set drawn from
-(seed, epoch); the last batch is padded with masked slots (weight 0), so every step has the
-same shape and the loss of the short batch is the mean over its real samples, as in a torch
-loader without drop_last. The whole run (all chunks, epochs, steps, validations) is one
-`lax.scan` nest, and the learning-rate sweep is `jax.vmap` over that: one compiled program
-trains every learning rate with the same initialisation and the same batch order, so each
-sweep member equals a separate single-rate run.
+Heads. Classification / multilabel / pooled regression: Linear(D, C). Segmentation and
+dense regression: Linear(D, C*s*s) per patch token, s = int(sqrt(H*W / T)); each token's
+output is read as (C, s, s), placed at its patch (tokens row-major over the Hp x Wp grid),
+and the map is resized bilinearly with align_corners=True to the label size if it differs.
+Labels: (N,) classes, (N, C) multi-hot, (N, H, W) class maps with -1 = ignore, regression
+targets (N, K) or (N, H, W, K) (or (N,) / (N, H, W) for one output) with NaN = missing.
+Scores: accuracy, micro-F1 (+ exact match), mIoU (+ accuracies, macro-F1), RMSE (+ MAE;
+lower is better).
 """
 
 from __future__ import annotations
@@ -42,17 +55,37 @@ import optax
 
 from spacenit_jax.eval import metrics
 
-DEFAULT_LRS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 5e-1)
-TASKS = ("classification", "multilabel", "segmentation")
+RECIPES = ("lbfgs", "ridge", "reference_adamw")
+TASKS = ("classification", "multilabel", "segmentation", "regression")
+DEFAULT_LRS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 5e-1)  # reference_adamw sweep
+DEFAULT_CS = (0.01, 0.1, 1.0, 10.0, 100.0)  # lbfgs inverse L2 strengths (sklearn's C)
+DEFAULT_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # ridge L2 strengths
+GRID_NAMES = {"lbfgs": "C", "ridge": "alpha", "reference_adamw": "lr"}
+LOWER_IS_BETTER = ("rmse", "mae")
 _BN_EPS = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
-    """Probe hyperparameters; defaults are the reference's (spec §9.3, §9.8)."""
+    """Probe hyperparameters (see the module docstring for each recipe).
 
-    task: str = "classification"  # "classification" | "multilabel" | "segmentation"
+    num_classes: classes, or target channels K for regression. recipe None: "ridge" for
+    regression, "lbfgs" otherwise. The reference_adamw fields keep the original's defaults.
+    """
+
+    task: str = "classification"  # "classification" | "multilabel" | "segmentation" | "regression"
     num_classes: int = 10
+    recipe: str | None = None
+    # lbfgs
+    cs: tuple[float, ...] = DEFAULT_CS
+    max_iter: int = 1000
+    tol: float = 1e-5  # gradient norm of the mean objective
+    # ridge
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    # full-batch passes (lbfgs, ridge): rows (samples) per chunk
+    chunk_size: int = 1024
+    # reference_adamw
+    lrs: tuple[float, ...] = DEFAULT_LRS
     epochs: int = 50
     batch_size: int = 32
     eval_interval: int | None = None  # epochs per chunk (fresh AdamW each); None = epochs
@@ -62,21 +95,37 @@ class ProbeConfig:
     adam_eps: float = 1e-8
     min_lr: float = 1e-5
     warmup_fraction: float = 0.1  # warmup epochs = int(warmup_fraction * epochs)
-    normalize: bool | None = None  # None: True for (multilabel) classification, False for seg
+    normalize: bool | None = None  # None: recipe default (see standardize)
     eval_batch_size: int = 256
     seed: int = 0
-    patch_grid: tuple[int, int] | None = None  # segmentation (Hp, Wp); None = square sqrt(T)
+    patch_grid: tuple[int, int] | None = None  # dense tasks (Hp, Wp); None = square sqrt(T)
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"ProbeConfig.task must be one of {TASKS}, got {self.task!r}")
-        for name in ("num_classes", "epochs", "batch_size", "eval_batch_size"):
+        recipe = self.recipe or ("ridge" if self.task == "regression" else "lbfgs")
+        if recipe not in RECIPES:
+            raise ValueError(f"ProbeConfig.recipe must be one of {RECIPES}, got {recipe!r}")
+        if recipe == "ridge" and self.task != "regression":
+            raise ValueError(f"recipe 'ridge' is for regression; a {self.task} probe takes "
+                             "'lbfgs' or 'reference_adamw'")
+        if recipe == "lbfgs" and self.task == "regression":
+            raise ValueError("a regression probe takes recipe 'ridge' (closed form) or "
+                             "'reference_adamw'")
+        object.__setattr__(self, "recipe", recipe)
+        for name in ("num_classes", "epochs", "batch_size", "eval_batch_size", "max_iter",
+                     "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_interval is not None and (
                 self.eval_interval < 1 or self.epochs % self.eval_interval):
             raise ValueError(f"ProbeConfig.eval_interval={self.eval_interval} must divide "
                              f"epochs={self.epochs} (chunks must have equal length)")
+        for name in ("cs", "alphas", "lrs"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if not values or any(not v > 0 for v in values):
+                raise ValueError(f"ProbeConfig.{name} must be positive numbers, got {values}")
+            object.__setattr__(self, name, values)
 
     @property
     def warmup_epochs(self) -> int:
@@ -88,7 +137,23 @@ class ProbeConfig:
 
     @property
     def standardize(self) -> bool:
-        return self.normalize if self.normalize is not None else self.task != "segmentation"
+        if self.normalize is not None:
+            return self.normalize
+        return self.recipe != "reference_adamw" or self.task != "segmentation"
+
+    @property
+    def grid_name(self) -> str:
+        """The swept hyperparameter: "C" (lbfgs), "alpha" (ridge) or "lr" (reference)."""
+        return GRID_NAMES[self.recipe]
+
+    @property
+    def grid(self) -> tuple[float, ...]:
+        return {"lbfgs": self.cs, "ridge": self.alphas, "reference_adamw": self.lrs}[self.recipe]
+
+    @property
+    def primary(self) -> str:
+        return {"classification": "accuracy", "multilabel": "micro_f1",
+                "segmentation": "miou", "regression": "rmse"}[self.task]
 
 
 def half_cycle_cosine_lr(epoch, max_lr, epochs: int, warmup_epochs: int, min_lr: float = 1e-5):
@@ -101,6 +166,9 @@ def half_cycle_cosine_lr(epoch, max_lr, epochs: int, warmup_epochs: int, min_lr:
     return jnp.where(epoch < warmup_epochs, max_lr * epoch / warmup_epochs, decay)
 
 
+# --------------------------------------------------------------------------- dense heads
+
+
 @dataclasses.dataclass(frozen=True)
 class SegGeometry:
     """Token grid (Hp, Wp), pixels per token side s, and the label size (H, W)."""
@@ -111,6 +179,12 @@ class SegGeometry:
     label_h: int
     label_w: int
 
+    @property
+    def exact(self) -> bool:
+        """True when the s x s blocks tile the labels exactly (no resize)."""
+        return (self.grid_h * self.scale, self.grid_w * self.scale) == (self.label_h,
+                                                                        self.label_w)
+
 
 def segmentation_geometry(num_tokens: int, label_hw: tuple[int, int],
                           patch_grid: tuple[int, int] | None = None) -> SegGeometry:
@@ -119,15 +193,15 @@ def segmentation_geometry(num_tokens: int, label_hw: tuple[int, int],
     if patch_grid is None:
         side = math.isqrt(num_tokens)
         if side * side != num_tokens:
-            raise ValueError(f"segmentation probe: {num_tokens} tokens per sample is not a "
-                             "square grid; pass ProbeConfig.patch_grid=(Hp, Wp)")
+            raise ValueError(f"dense probe: {num_tokens} tokens per sample is not a square "
+                             "grid; pass ProbeConfig.patch_grid=(Hp, Wp)")
         patch_grid = (side, side)
     if patch_grid[0] * patch_grid[1] != num_tokens:
-        raise ValueError(f"segmentation probe: patch_grid {patch_grid} does not hold "
-                         f"{num_tokens} tokens")
+        raise ValueError(f"dense probe: patch_grid {patch_grid} does not hold {num_tokens} "
+                         "tokens")
     scale = int(math.sqrt(h * w / num_tokens))
     if scale < 1:
-        raise ValueError(f"segmentation probe: labels {h}x{w} are smaller than the token grid "
+        raise ValueError(f"dense probe: labels {h}x{w} are smaller than the token grid "
                          f"{patch_grid}")
     return SegGeometry(patch_grid[0], patch_grid[1], scale, h, w)
 
@@ -162,6 +236,27 @@ def resize_bilinear_align_corners(x: jnp.ndarray, size: tuple[int, int]) -> jnp.
     return jnp.einsum("pw,bowc->bopc", mw, x)
 
 
+def token_logits_to_pixels(out, g: SegGeometry, num_classes: int) -> jnp.ndarray:
+    """(B, Hp*Wp, C*s*s) per-token outputs -> (B, H, W, C): each token's s x s pixel block,
+    then a bilinear resize (align_corners) to the label size (the reference's head)."""
+    b = out.shape[0]
+    out = out.reshape(b, g.grid_h, g.grid_w, num_classes, g.scale, g.scale)
+    out = out.transpose(0, 1, 4, 2, 5, 3).reshape(b, g.grid_h * g.scale, g.grid_w * g.scale,
+                                                  num_classes)
+    return resize_bilinear_align_corners(out, (g.label_h, g.label_w))
+
+
+def pixels_to_token_blocks(y: np.ndarray, g: SegGeometry) -> np.ndarray:
+    """Inverse of the block placement for exact geometries: (N, H, W, K) -> (N, T, K*s*s)
+    in the head's output order (channel-major, then rows and columns of the block)."""
+    n, k = y.shape[0], y.shape[-1]
+    y = y.reshape(n, g.grid_h, g.scale, g.grid_w, g.scale, k)
+    return y.transpose(0, 1, 3, 5, 2, 4).reshape(n, g.grid_h * g.grid_w, k * g.scale ** 2)
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
 def init_probe_params(seed: int, in_dim: int, out_dim: int) -> dict[str, np.ndarray]:
     """torch nn.Linear default init: weight and bias ~ U(-1/sqrt(D), 1/sqrt(D)).
 
@@ -191,23 +286,13 @@ def feature_standardizer(x, enabled: bool = True) -> tuple[jnp.ndarray, jnp.ndar
 
 def probe_logits(params, standardizer, x, *, config: ProbeConfig,
                  geometry: SegGeometry | None = None) -> jnp.ndarray:
-    """Logits: (B, C) for (multilabel) classification, (B, H, W, C) for segmentation."""
+    """Outputs: (B, C) pooled, (B, H, W, C) dense (segmentation, dense regression)."""
     mean, inv_std = standardizer
     z = (x.astype(jnp.float32) - mean) * inv_std
     out = z @ params["w"] + params["b"]
-    if config.task != "segmentation":
+    if geometry is None:
         return out
     return token_logits_to_pixels(out, geometry, config.num_classes)
-
-
-def token_logits_to_pixels(out, g: SegGeometry, num_classes: int) -> jnp.ndarray:
-    """(B, Hp*Wp, C*s*s) per-token logits -> (B, H, W, C): each token's s x s pixel block,
-    then a bilinear resize (align_corners) to the label size (the reference's head)."""
-    b = out.shape[0]
-    out = out.reshape(b, g.grid_h, g.grid_w, num_classes, g.scale, g.scale)
-    out = out.transpose(0, 1, 4, 2, 5, 3).reshape(b, g.grid_h * g.scale, g.grid_w * g.scale,
-                                                  num_classes)
-    return resize_bilinear_align_corners(out, (g.label_h, g.label_w))
 
 
 def _masked_mean(values, weights):
@@ -215,23 +300,41 @@ def _masked_mean(values, weights):
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def _loss_terms(logits, y, sample_mask, config):
+    """(sum of per-item losses, item count) of one batch; items are samples (classification,
+    multilabel), labelled pixels (segmentation) or finite target values (regression)."""
+    mask = sample_mask.astype(bool)
+    if config.task == "multilabel":
+        per = optax.sigmoid_binary_cross_entropy(logits, y).sum(axis=-1)
+        return jnp.sum(jnp.where(mask, per, 0.0)), jnp.sum(mask).astype(jnp.float32)
+    if config.task == "regression":
+        valid = jnp.isfinite(y) & mask.reshape(mask.shape + (1,) * (y.ndim - 1))
+        err = jnp.where(valid, logits - jnp.where(valid, y, 0.0), 0.0)
+        return jnp.sum(err * err), jnp.sum(valid).astype(jnp.float32)
+    valid = (y != metrics.IGNORE_INDEX) & mask.reshape(mask.shape + (1,) * (y.ndim - 1))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
+    return jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid).astype(jnp.float32)
+
+
 def probe_loss(params, standardizer, x, y, sample_mask, *, config, geometry=None):
-    """Mean loss over real samples (and, for segmentation, over pixels with label != -1)."""
+    """Mean loss of a batch over its real items (the reference_adamw training loss).
+
+    Classification and segmentation: cross-entropy over labels != -1; multilabel: the
+    per-sample mean of sigmoid BCE over classes; regression: mean squared error over
+    finite targets.
+    """
     logits = probe_logits(params, standardizer, x, config=config, geometry=geometry)
     if config.task == "multilabel":
         per_sample = optax.sigmoid_binary_cross_entropy(logits, y).mean(axis=-1)
         return _masked_mean(per_sample, sample_mask)
-    valid = y != metrics.IGNORE_INDEX
-    if config.task == "segmentation":
-        valid = valid & sample_mask[:, None, None]
-    else:
-        valid = valid & sample_mask
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(y, 0))
-    return _masked_mean(ce, valid)
+    total, count = _loss_terms(logits, y, sample_mask, config)
+    return total / jnp.maximum(count, 1.0)
 
 
 def _predict_batch(params, standardizer, x, *, config, geometry):
     logits = probe_logits(params, standardizer, x, config=config, geometry=geometry)
+    if config.task == "regression":
+        return logits
     if config.task == "multilabel":
         return (logits > 0).astype(jnp.int32)  # sigmoid(logit) > 0.5
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -241,6 +344,8 @@ def _batch_counts(preds, y, mask, *, config):
     """Additive counts from which the primary score is formed (see `_score_from_counts`)."""
     if config.task == "multilabel":
         return metrics.multilabel_counts(preds, y, weights=mask)
+    if config.task == "regression":
+        return metrics.regression_counts(preds, y, weights=mask)
     if config.task == "segmentation":
         mask = jnp.broadcast_to(mask[:, None, None], y.shape)
     return metrics.confusion_matrix(preds, y, config.num_classes, weights=mask)
@@ -249,12 +354,17 @@ def _batch_counts(preds, y, mask, *, config):
 def _zero_counts(config):
     if config.task == "multilabel":
         return jnp.zeros((5,), jnp.int32)
+    if config.task == "regression":
+        return jnp.zeros((3,), jnp.float32)
     return jnp.zeros((config.num_classes, config.num_classes), jnp.int32)
 
 
 def _score_from_counts(counts, *, config):
+    """Selection score, higher is better (negated RMSE for regression)."""
     if config.task == "multilabel":
         return metrics.micro_f1_from_counts(counts)
+    if config.task == "regression":
+        return -metrics.rmse_from_counts(counts)
     if config.task == "segmentation":
         return metrics.segmentation_scores(counts)["miou"]
     return jnp.trace(counts) / jnp.maximum(jnp.sum(counts), 1)
@@ -277,6 +387,9 @@ def _dataset_counts(params, standardizer, x, y, *, config, geometry):
 
     counts, _ = jax.lax.scan(body, _zero_counts(config), (idx, mask))
     return counts
+
+
+# --------------------------------------------------------------------------- reference_adamw
 
 
 def epoch_batches(n: int, config: ProbeConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -331,7 +444,7 @@ def _train_one(max_lr, params, batches, batch_mask, train_x, train_y, val_x, val
         if has_val:
             counts = _dataset_counts(params, standardizer, val_x, val_y, config=config,
                                      geometry=geometry)
-            score = _score_from_counts(counts, config=config)
+            score = _score_from_counts(counts, config=config).astype(jnp.float32)
         else:
             score = jnp.float32(0.0)
         better = score > best_score
@@ -358,19 +471,151 @@ def _train_sweep(lrs, params, batches, batch_mask, train_x, train_y, val_x, val_
         lrs, params, batches, batch_mask, train_x, train_y, val_x, val_y, standardizer)
 
 
-@partial(jax.jit, static_argnames=("config", "geometry"))
-def _predict_all(params, standardizer, x, *, config, geometry):
-    batch = min(config.eval_batch_size, x.shape[0])
-    idx, _ = _padded_batches(x.shape[0], batch)
-    preds = jax.lax.map(lambda i: _predict_batch(params, standardizer, x[i], config=config,
-                                                 geometry=geometry), idx)
-    return preds.reshape(-1, *preds.shape[2:])[: x.shape[0]]
+# --------------------------------------------------------------------------- lbfgs
 
 
-def _check_features(x, config: ProbeConfig, what: str):
-    want = "(N, T, D) tokens" if config.task == "segmentation" else "(N, D) features"
-    if x.ndim != (3 if config.task == "segmentation" else 2) or x.shape[0] == 0:
+def _chunked(a, chunk: int):
+    """(n_chunks, chunk, ...) zero-padded rows and the (n_chunks, chunk) validity mask."""
+    n = a.shape[0]
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+    padded = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
+    mask = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk)
+    return padded.reshape(n_chunks, chunk, *a.shape[1:]), mask
+
+
+def _full_batch_objective(params, c, xs, ys, masks, standardizer, n_samples, *, config,
+                          geometry):
+    """Mean loss over every training item + ||W||^2 / (2 C N); one chunk at a time."""
+
+    @jax.checkpoint
+    def chunk_terms(params, x, y, m):
+        logits = probe_logits(params, standardizer, x, config=config, geometry=geometry)
+        return _loss_terms(logits, y, m, config)
+
+    def body(acc, inputs):
+        total, count = chunk_terms(params, *inputs)
+        return (acc[0] + total, acc[1] + count), None
+
+    (total, count), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), (xs, ys, masks))
+    data = total / jnp.maximum(count, 1.0)
+    return data + jnp.sum(jnp.square(params["w"])) / (2.0 * c * n_samples)
+
+
+def _lbfgs_one(c, params, xs, ys, masks, val_x, val_y, standardizer, n_samples, *, config,
+               geometry, has_val):
+    objective = partial(_full_batch_objective, c=c, xs=xs, ys=ys, masks=masks,
+                        standardizer=standardizer, n_samples=n_samples, config=config,
+                        geometry=geometry)
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def step(carry):
+        params, state, _ = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad,
+                                    value_fn=objective)
+        return optax.apply_updates(params, updates), state, optax.tree.norm(grad)
+
+    def keep_going(carry):
+        _, state, grad_norm = carry
+        count = optax.tree.get(state, "count")
+        return (count == 0) | ((count < config.max_iter) & (grad_norm >= config.tol))
+
+    init = (params, opt.init(params), jnp.float32(jnp.inf))
+    params, state, _ = jax.lax.while_loop(keep_going, step, init)
+    final_grad = optax.tree.norm(jax.grad(objective)(params))
+    if has_val:
+        counts = _dataset_counts(params, standardizer, val_x, val_y, config=config,
+                                 geometry=geometry)
+        score = _score_from_counts(counts, config=config).astype(jnp.float32)
+    else:
+        score = jnp.float32(0.0)
+    return params, score, optax.tree.get(state, "count"), final_grad
+
+
+@partial(jax.jit, static_argnames=("config", "geometry", "has_val"))
+def _lbfgs_sweep(cs, params, xs, ys, masks, val_x, val_y, standardizer, n_samples, *, config,
+                 geometry, has_val):
+    fit = partial(_lbfgs_one, config=config, geometry=geometry, has_val=has_val)
+    return jax.vmap(fit, in_axes=(0,) + (None,) * 8)(
+        cs, params, xs, ys, masks, val_x, val_y, standardizer, n_samples)
+
+
+# --------------------------------------------------------------------------- ridge
+
+
+@partial(jax.jit, static_argnames=("per_column",))
+def _gram(xs, ys, masks, standardizer, *, per_column: bool):
+    """Sufficient statistics of weighted least squares with a bias column, chunk by chunk:
+    G (D+1, D+1) or (K, D+1, D+1) per output column, X^T y (K, D+1), and the number of
+    finite targets per column."""
+    mean, inv_std = standardizer
+    d, k = xs.shape[-1], ys.shape[-1]
+    hp = jax.lax.Precision.HIGHEST
+
+    def body(acc, inputs):
+        g, xty, n = acc
+        x, y, m = inputs
+        z = (x - mean) * inv_std
+        z = jnp.concatenate([z, jnp.ones(z.shape[:-1] + (1,), z.dtype)], axis=-1)
+        valid = jnp.isfinite(y) & m[:, None]
+        w = valid.astype(jnp.float32)
+        yv = jnp.where(valid, y, 0.0)
+        if per_column:
+            g = g + jnp.einsum("rk,ri,rj->kij", w, z, z, precision=hp)
+        else:
+            g = g + jnp.einsum("r,ri,rj->ij", w[:, 0], z, z, precision=hp)
+        return (g, xty + jnp.einsum("rk,ri->ki", yv, z, precision=hp), n + w.sum(0)), None
+
+    g0 = jnp.zeros((k, d + 1, d + 1) if per_column else (d + 1, d + 1), jnp.float32)
+    init = (g0, jnp.zeros((k, d + 1), jnp.float32), jnp.zeros((k,), jnp.float32))
+    out, _ = jax.lax.scan(body, init, (xs, ys, masks))
+    return out
+
+
+def _ridge_solutions(g: np.ndarray, xty: np.ndarray, alphas) -> np.ndarray:
+    """(n_alphas, D+1, K) minimisers of ||Z w - y||^2 + alpha ||w[:D]||^2 (bias free)."""
+    g, xty = np.asarray(g, np.float64), np.asarray(xty, np.float64)
+    d1, k = xty.shape[1], xty.shape[0]
+    penalty = np.ones(d1)
+    penalty[-1] = 0.0
+    out = np.empty((len(alphas), d1, k))
+    grams = [g] * k if g.ndim == 2 else list(g)
+    cols = [list(range(k))] if g.ndim == 2 else [[j] for j in range(k)]
+    for gram, idx in zip(grams[:len(cols)], cols, strict=True):
+        for a, alpha in enumerate(alphas):
+            a_mat = gram + alpha * np.diag(penalty)
+            # lstsq: a column without any target, or a singular bias block, still solves
+            out[a][:, idx] = np.linalg.lstsq(a_mat, xty[idx].T, rcond=None)[0]
+    return out
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_features(x, config: ProbeConfig, what: str, dense: bool | None = None):
+    if dense is None:
+        dense = config.task == "segmentation"
+    want = "(N, T, D) tokens" if dense else "(N, D) features"
+    if x.ndim != (3 if dense else 2) or x.shape[0] == 0:
         raise ValueError(f"{config.task} probe: {what} needs {want}, got shape {x.shape}")
+
+
+def _as_targets(y, x, config: ProbeConfig, what: str) -> np.ndarray:
+    """Regression targets as (N, K) (pooled) or (N, H, W, K) (dense), float32."""
+    y = np.asarray(y, np.float32)
+    dense = x.ndim == 3
+    if dense and y.ndim == 3 or not dense and y.ndim == 1:
+        y = y[..., None]
+    want = "(N, H, W, K) maps" if dense else "(N, K) targets"
+    if y.ndim != (4 if dense else 2) or y.shape[-1] != config.num_classes:
+        raise ValueError(f"regression probe: {what} targets must be {want} with "
+                         f"K={config.num_classes}, got {np.shape(y)}")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"probe: {what} has {x.shape[0]} feature rows but {y.shape[0]} "
+                         "targets")
+    return y
 
 
 def _check_labels(x, y, config: ProbeConfig, what: str):
@@ -390,44 +635,91 @@ def _check_labels(x, y, config: ProbeConfig, what: str):
 def _as_labels(y, config):
     if config.task == "multilabel":
         return jnp.asarray(y, jnp.float32)
+    if config.task == "regression":
+        return jnp.asarray(y, jnp.float32)
     return jnp.asarray(y, jnp.int32)
+
+
+# --------------------------------------------------------------------------- results
 
 
 @dataclasses.dataclass
 class ProbeFit:
-    """Result of a sweep: one best-on-val parameter set per learning rate (leading axis)."""
+    """Result of a sweep: one parameter set per grid value (leading axis).
+
+    grid: the swept values of `config.grid_name` ("C", "alpha" or "lr"); val_scores: the
+    validation score of each (higher is better; negated RMSE for regression), None without
+    validation. iterations / grad_norms (lbfgs): L-BFGS iterations used and the final
+    gradient norm of each fit (convergence check).
+    """
 
     config: ProbeConfig
-    lrs: np.ndarray
-    params: dict  # numpy {"w": (n_lrs, D, out), "b": (n_lrs, out)}
+    grid: np.ndarray
+    params: dict  # numpy {"w": (n_grid, D, out), "b": (n_grid, out)}
     standardizer: tuple[jnp.ndarray, jnp.ndarray]
     geometry: SegGeometry | None
-    val_scores: np.ndarray | None  # best validation score per lr (None without validation)
-    val_history: np.ndarray | None  # (n_lrs, n_chunks) score after each chunk
+    val_scores: np.ndarray | None
+    val_history: np.ndarray | None  # reference_adamw: (n_grid, n_chunks) score per chunk
     best_index: int
+    iterations: np.ndarray | None = None
+    grad_norms: np.ndarray | None = None
+
+    @property
+    def recipe(self) -> str:
+        return self.config.recipe
+
+    @property
+    def best_value(self) -> float:
+        """The selected value of the swept hyperparameter."""
+        return float(self.grid[self.best_index])
+
+    @property
+    def lrs(self) -> np.ndarray:  # reference_adamw name of the grid
+        return self.grid
 
     @property
     def best_lr(self) -> float:
-        return float(self.lrs[self.best_index])
+        return self.best_value
 
-    def params_at(self, lr_index: int | None = None) -> dict:
-        i = self.best_index if lr_index is None else lr_index
+    def hyperparameters(self) -> dict:
+        """What produced the selected probe, for result rows."""
+        out = {"recipe": self.recipe, self.config.grid_name: float(f"{self.best_value:.6g}")}
+        if self.recipe == "lbfgs" and self.iterations is not None:
+            out["iterations"] = int(self.iterations[self.best_index])
+        if self.recipe == "reference_adamw":
+            out.update(epochs=self.config.epochs, batch_size=self.config.batch_size)
+        return out
+
+    def params_at(self, index: int | None = None) -> dict:
+        i = self.best_index if index is None else index
         return jax.tree.map(lambda p: p[i], self.params)
 
     def predict(self, x, lr_index: int | None = None) -> np.ndarray:
-        """Integer classes (N,), multi-hot (N, C) or pixel classes (N, H, W)."""
+        """Classes (N,), multi-hot (N, C), pixel classes (N, H, W), or regression values
+        (N, K) / (N, H, W, K). lr_index: a grid index (default: the selected one)."""
         x = jnp.asarray(x, jnp.float32)
-        _check_features(x, self.config, "query")
+        _check_features(x, self.config, "query", self.geometry is not None)
         return np.asarray(_predict_all(self.params_at(lr_index), self.standardizer, x,
                                        config=self.config, geometry=self.geometry))
 
     def evaluate(self, x, y, lr_index: int | None = None) -> dict[str, float]:
-        """Scores of one sweep member (default: the best on validation) on (x, y).
+        """Scores of one sweep member (default: the selected one) on (x, y).
 
-        "primary" is accuracy (classification), micro-F1 (multilabel) or mIoU (segmentation).
+        "primary" is accuracy, micro-F1, mIoU or RMSE (by task).
         """
         preds = self.predict(x, lr_index)
+        if self.config.task == "regression":
+            y = _as_targets(y, np.asarray(x), self.config, "query")
         return score_predictions(preds, np.asarray(y), self.config)
+
+
+@partial(jax.jit, static_argnames=("config", "geometry"))
+def _predict_all(params, standardizer, x, *, config, geometry):
+    batch = min(config.eval_batch_size, x.shape[0])
+    idx, _ = _padded_batches(x.shape[0], batch)
+    preds = jax.lax.map(lambda i: _predict_batch(params, standardizer, x[i], config=config,
+                                                 geometry=geometry), idx)
+    return preds.reshape(-1, *preds.shape[2:])[: x.shape[0]]
 
 
 def score_predictions(preds, y, config: ProbeConfig) -> dict[str, float]:
@@ -437,53 +729,121 @@ def score_predictions(preds, y, config: ProbeConfig) -> dict[str, float]:
         return {"primary": f1, "micro_f1": f1, "exact_match": float(metrics.exact_match(preds, y))}
     if config.task == "segmentation":
         return metrics.segmentation_summary(preds, y, config.num_classes)
+    if config.task == "regression":
+        return metrics.regression_summary(preds, np.asarray(y, np.float32).reshape(
+            np.shape(preds)))
     acc = float(metrics.accuracy(preds, y))
     return {"primary": acc, "accuracy": acc}
 
 
-def fit_linear_probe(train_x, train_y, val_x=None, val_y=None, *,
-                     config: ProbeConfig = ProbeConfig(),
-                     lrs=DEFAULT_LRS) -> ProbeFit:
-    """Train one probe per learning rate (vmapped, one compiled program) and select on val.
+# --------------------------------------------------------------------------- entry point
 
-    train_x: (N, D) features, or (N, T, D) patch tokens for segmentation. train_y: (N,) ints,
-    (N, C) multi-hot, or (N, H, W) ints with -1 = ignore. Without validation data each lr keeps
-    its final state, and a sweep of more than one lr is refused (nothing to select on).
+
+def fit_linear_probe(train_x, train_y, val_x=None, val_y=None, *,
+                     config: ProbeConfig = ProbeConfig(), lrs=None, grid=None) -> ProbeFit:
+    """Fit one probe per value of the recipe's grid and select on validation data.
+
+    train_x: (N, D) features, or (N, T, D) patch tokens for segmentation and dense
+    regression. train_y: see the module docstring. grid: the values of the swept
+    hyperparameter (default: config.cs / alphas / lrs by recipe); lrs: the same, for the
+    reference_adamw recipe. Without validation data a grid of one value is required
+    (nothing to select on) and that fit is returned.
     """
+    if lrs is not None:
+        if config.recipe != "reference_adamw":
+            raise ValueError(f"fit_linear_probe: lrs= is for recipe 'reference_adamw'; the "
+                             f"{config.recipe!r} recipe sweeps {config.grid_name} (grid=)")
+        grid = lrs
+    grid = np.asarray(config.grid if grid is None else grid, np.float64).reshape(-1)
+    if grid.size == 0 or np.any(~(grid > 0)):
+        raise ValueError(f"fit_linear_probe: {config.grid_name} values must be positive, got "
+                         f"{grid}")
     train_x = jnp.asarray(train_x, jnp.float32)
-    _check_features(train_x, config, "train")
-    _check_labels(train_x, np.asarray(train_y), config, "train")
+    dense = config.task == "segmentation" or (config.task == "regression" and train_x.ndim == 3)
+    _check_features(train_x, config, "train", dense)
+    if config.task == "regression":
+        train_y = _as_targets(train_y, train_x, config, "train")
+    else:
+        _check_labels(train_x, np.asarray(train_y), config, "train")
     has_val = val_x is not None
     if has_val != (val_y is not None):
         raise ValueError("fit_linear_probe: give both val_x and val_y, or neither")
-    lrs = np.asarray(lrs, np.float32).reshape(-1)
-    if lrs.size == 0 or np.any(lrs <= 0):
-        raise ValueError(f"fit_linear_probe: learning rates must be positive, got {lrs}")
-    if not has_val and lrs.size > 1:
-        raise ValueError("fit_linear_probe: a sweep over several learning rates needs "
-                         "validation data (val_x, val_y) to select on")
+    if not has_val and grid.size > 1:
+        raise ValueError(f"fit_linear_probe: a sweep over several {config.grid_name} values "
+                         f"needs validation data (val_x, val_y) to select on; give one value "
+                         f"(grid=[...]) or validation data")
     geometry = None
-    if config.task == "segmentation":
-        geometry = segmentation_geometry(train_x.shape[1], np.shape(train_y)[1:],
+    if dense:
+        geometry = segmentation_geometry(train_x.shape[1], np.shape(train_y)[1:3],
                                          config.patch_grid)
-    train_y = _as_labels(train_y, config)
     if has_val:
         val_x = jnp.asarray(val_x, jnp.float32)
-        _check_features(val_x, config, "validation")
-        _check_labels(val_x, np.asarray(val_y), config, "validation")
+        _check_features(val_x, config, "validation", dense)
+        if config.task == "regression":
+            val_y = _as_targets(val_y, val_x, config, "validation")
+        else:
+            _check_labels(val_x, np.asarray(val_y), config, "validation")
+    standardizer = feature_standardizer(train_x, config.standardize)
+    out_dim = config.num_classes * (geometry.scale ** 2 if geometry else 1)
+    if config.recipe == "ridge":
+        return _fit_ridge(train_x, train_y, val_x, val_y, grid, config, geometry, standardizer,
+                          has_val)
+    train_y = _as_labels(train_y, config)
+    if has_val:
         val_y = _as_labels(val_y, config)
     else:  # placeholders of the right rank; never read
         val_x = jnp.zeros((1, *train_x.shape[1:]), jnp.float32)
         val_y = jnp.zeros((1, *train_y.shape[1:]), train_y.dtype)
-    standardizer = feature_standardizer(train_x, config.standardize)
-    out_dim = config.num_classes * (geometry.scale ** 2 if geometry else 1)
-    init = init_probe_params(config.seed, train_x.shape[-1], out_dim)
-    batches, batch_mask = epoch_batches(train_x.shape[0], config)
-    params, best, history = _train_sweep(
-        jnp.asarray(lrs), init, jnp.asarray(batches), jnp.asarray(batch_mask), train_x, train_y,
-        val_x, val_y, standardizer, config=config, geometry=geometry, has_val=has_val)
+    iterations = grad_norms = history = None
+    if config.recipe == "lbfgs":
+        zeros = {"w": np.zeros((train_x.shape[-1], out_dim), np.float32),
+                 "b": np.zeros((out_dim,), np.float32)}
+        xs, masks = _chunked(train_x, config.chunk_size)
+        ys, _ = _chunked(train_y, config.chunk_size)
+        params, best, iterations, grad_norms = _lbfgs_sweep(
+            jnp.asarray(grid, jnp.float32), zeros, xs, ys, masks, val_x, val_y, standardizer,
+            jnp.float32(train_x.shape[0]), config=config, geometry=geometry, has_val=has_val)
+        iterations, grad_norms = np.asarray(iterations), np.asarray(grad_norms)
+    else:
+        init = init_probe_params(config.seed, train_x.shape[-1], out_dim)
+        batches, batch_mask = epoch_batches(train_x.shape[0], config)
+        params, best, history = _train_sweep(
+            jnp.asarray(grid, jnp.float32), init, jnp.asarray(batches),
+            jnp.asarray(batch_mask), train_x, train_y, val_x, val_y, standardizer,
+            config=config, geometry=geometry, has_val=has_val)
+        history = np.asarray(history) if has_val else None
     val_scores = np.asarray(best) if has_val else None
     best_index = int(np.argmax(val_scores)) if has_val else 0
-    params = jax.tree.map(np.asarray, params)
-    return ProbeFit(config, lrs, params, standardizer, geometry, val_scores,
-                    np.asarray(history) if has_val else None, best_index)
+    return ProbeFit(config, grid, jax.tree.map(np.asarray, params), standardizer, geometry,
+                    val_scores, history, best_index, iterations, grad_norms)
+
+
+def _fit_ridge(train_x, train_y, val_x, val_y, grid, config, geometry, standardizer, has_val):
+    """Closed-form ridge over every alpha of the grid (see the module docstring)."""
+    if geometry is not None:
+        if not geometry.exact:
+            raise ValueError(
+                f"ridge probe: the {geometry.grid_h}x{geometry.grid_w} token grid with "
+                f"{geometry.scale}-pixel blocks does not tile the {geometry.label_h}x"
+                f"{geometry.label_w} targets (a resize is not linear least squares); use a "
+                "patch size that divides the image, or recipe 'reference_adamw'")
+        rows_x = train_x.reshape(-1, train_x.shape[-1])
+        rows_y = pixels_to_token_blocks(train_y, geometry).reshape(rows_x.shape[0], -1)
+    else:
+        rows_x, rows_y = train_x, train_y
+    xs, masks = _chunked(rows_x, config.chunk_size)
+    ys, _ = _chunked(jnp.asarray(rows_y), config.chunk_size)
+    per_column = bool(np.any(~np.isfinite(rows_y)))
+    g, xty, _ = _gram(xs, ys, masks, standardizer, per_column=per_column)
+    solutions = _ridge_solutions(np.asarray(g), np.asarray(xty), grid)
+    params = {"w": solutions[:, :-1, :].astype(np.float32),
+              "b": solutions[:, -1, :].astype(np.float32)}
+    fit = ProbeFit(config, grid, params, standardizer, geometry, None, None, 0)
+    if has_val:
+        scores = []
+        for i in range(len(grid)):
+            preds = fit.predict(val_x, i)
+            scores.append(-metrics.regression_summary(preds, val_y)["rmse"])
+        fit.val_scores = np.asarray(scores)
+        fit.best_index = int(np.argmax(fit.val_scores))
+    return fit
