@@ -277,43 +277,52 @@ def _extract_batch(graphdef, state, images, months, opts: EncodeOptions):
 
 @dataclasses.dataclass
 class ArraySplit:
-    """A split held in memory: images (N, H, W, T, C) of one sensor, labels, months (N, T)."""
+    """A split held in memory: images (N, H, W, T, C) of one sensor, labels, months (N, T),
+    and `extra` {sensor: (N, H', W', T, C')} images of further sensors on the same timeline."""
 
     images: np.ndarray
     labels: np.ndarray
     sensor: str
     months: np.ndarray | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.images.ndim != 5 or self.images.shape[0] != self.labels.shape[0]:
             raise ValueError(f"ArraySplit: images must be (N, H, W, T, C) with one label per "
                              f"image, got {self.images.shape} and labels {self.labels.shape}")
+        for sensor, images in self.extra.items():
+            if images.ndim != 5 or images.shape[0] != self.images.shape[0]:
+                raise ValueError(f"ArraySplit: {sensor} images must be (N, H, W, T, C) with "
+                                 f"N={self.images.shape[0]}, got {images.shape}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @classmethod
     def from_dataset(cls, dataset) -> ArraySplit:
-        """Load a dataset of EvalSamples (GeoBench, synthetic) into memory."""
-        images, labels, months, sensor = _stack(dataset, 0, len(dataset))
-        return cls(images, labels, sensor, months)
+        """Load a dataset of EvalSamples (GeoBench, GEO-Bench-2, synthetic) into memory."""
+        images, labels, months, sensor, extra = _stack(dataset, 0, len(dataset))
+        return cls(images, labels, sensor, months, extra)
 
 
 def _stack(data, start: int, stop: int):
-    """(images, labels, months, sensor) of data[start:stop] for a dataset or ArraySplit."""
+    """(images, labels, months, sensor, extra) of data[start:stop] (dataset or ArraySplit)."""
     if isinstance(data, ArraySplit):
         months = None if data.months is None else data.months[start:stop]
-        return data.images[start:stop], data.labels[start:stop], months, data.sensor
+        extra = {k: v[start:stop] for k, v in data.extra.items()}
+        return data.images[start:stop], data.labels[start:stop], months, data.sensor, extra
     if stop <= start:
         raise ValueError("empty dataset")
     items = [data[i] for i in range(start, stop)]
     sensor = items[0].sensor
-    if any(s.sensor != sensor for s in items):
-        raise ValueError(f"samples {start}..{stop - 1} mix sensors; one sensor per split")
+    extras = tuple(getattr(items[0], "extra", {}))
+    if any(s.sensor != sensor or tuple(getattr(s, "extra", {})) != extras for s in items):
+        raise ValueError(f"samples {start}..{stop - 1} mix sensors; one sensor set per split")
     images = np.stack([s.image for s in items]).astype(np.float32)
     labels = np.stack([np.asarray(s.label) for s in items])
     months = np.stack([np.asarray(s.timestamps)[:, 1] for s in items]).astype(np.int32)
-    return images, labels, months, sensor
+    extra = {k: np.stack([s.extra[k] for s in items]).astype(np.float32) for k in extras}
+    return images, labels, months, sensor, extra
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
@@ -408,10 +417,13 @@ class FeatureExtractor:
         spec = PartitionSpec(self.mesh.axis_names, *([None] * (x.ndim - 1)))
         return jax.device_put(x, NamedSharding(self.mesh, spec))
 
-    def embed_batch(self, images: np.ndarray, sensor: str, months=None) -> jax.Array:
-        """Features of one batch (B, H, W, T, C) of `sensor` images (B = any; not padded)."""
+    def embed_batch(self, images: np.ndarray, sensor: str, months=None, extra=None
+                    ) -> jax.Array:
+        """Features of one batch (B, H, W, T, C) of `sensor` images, with `extra`
+        {sensor: (B, H', W', T, C')} images of further sensors (B = any; not padded)."""
         months = months if self.config.use_months else None
-        return _extract_batch(self.graphdef, self.state, {sensor: self._put(images)},
+        batch = {sensor: self._put(images), **{k: self._put(v) for k, v in (extra or {}).items()}}
+        return _extract_batch(self.graphdef, self.state, batch,
                               None if months is None else self._put(np.asarray(months)),
                               self.opts)
 
@@ -427,11 +439,12 @@ class FeatureExtractor:
         bs = self.config.batch_size
         outs, labels = [], []
         for start in range(0, n, bs):
-            images, y, months, sensor = _stack(data, start, min(start + bs, n))
+            images, y, months, sensor, extra = _stack(data, start, min(start + bs, n))
             real = images.shape[0]
             images = _pad(images, bs)
             months = None if months is None else _pad(months, bs)
-            outs.append((self.embed_batch(images, sensor, months), real))
+            extra = {k: _pad(v, bs) for k, v in extra.items()}
+            outs.append((self.embed_batch(images, sensor, months, extra), real))
             labels.append(y)
         feats = np.concatenate([_to_host(o)[:real] for o, real in outs])
         return Features(feats, np.concatenate(labels))

@@ -8,15 +8,14 @@ Three recipes (`ProbeConfig.recipe`), each reported with the score it produced:
   The objective is mean loss + ||W||^2 / (2 C N) (N = training samples; the bias is not
   penalised), i.e. scikit-learn's LogisticRegression objective divided by N, so C has
   scikit-learn's meaning (default 1.0). With validation data every C of `cs` is fitted
-  (one vmapped program) and the best on validation is kept; stopping: gradient norm below
-  `tol` or `max_iter` iterations. Segmentation uses the mean loss over labelled pixels.
-  Full-batch passes run over fixed-size chunks of rows under `jax.checkpoint`, so memory
+  (one vmapped program, run in blocks of iterations so that progress shows) and the best
+  on validation is kept; stopping: gradient norm below `tol` or `max_iter` iterations.
+  Segmentation uses the mean loss over labelled pixels. Full-batch passes run over fixed-size chunks of rows under `jax.checkpoint`, so memory
   is bounded by the chunk, not the dataset.
 - "ridge" (default for regression): closed-form L2-regularised least squares,
   minimising sum of squared errors + alpha ||W||^2 (scikit-learn's Ridge objective, bias
-  not penalised), solved in float64 on the host from X^T X accumulated on the device;
-  every alpha of `alphas` is solved from one eigendecomposition and the best validation
-  RMSE wins. NaN targets are missing values: they drop out of their output's equations.
+  not penalised), solved in float64 on the host from X^T X accumulated on the device,
+  for every alpha of `alphas`; the best validation RMSE wins. NaN targets are missing values: they drop out of their output's equations.
 - "reference_adamw": the original's recipe, kept for comparability with published numbers
   (it stops before convergence: on scikit-learn's digits, 2.4 points below the converged
   logistic regression). Classification probe BatchNorm1d(D) -> Linear(D, C): the features
@@ -28,9 +27,10 @@ Three recipes (`ProbeConfig.recipe`), each reported with the score it produced:
   e = epoch + i/steps_per_epoch; training in chunks of `eval_interval` epochs, each with a
   fresh AdamW state and a validation pass, keeping the best chunk (strict improvement).
   Segmentation probes are not standardised in this recipe (as in the original). Every
-  learning rate of `lrs` is trained in one vmapped program with the same initialisation
-  and batch order; the last batch of an epoch is padded with masked slots, so each step has
-  one shape. Regression under this recipe uses the mean squared error.
+  learning rate of `lrs` is trained by one vmapped epoch program (compiled once, driven
+  epoch by epoch so that progress shows) with the same initialisation and batch order; the
+  last batch of an epoch is padded with masked slots, so each step has one shape.
+  Regression under this recipe uses the mean squared error.
 
 Heads. Classification / multilabel / pooled regression: Linear(D, C). Segmentation and
 dense regression: Linear(D, C*s*s) per patch token, s = int(sqrt(H*W / T)); each token's
@@ -409,66 +409,93 @@ def epoch_batches(n: int, config: ProbeConfig) -> tuple[np.ndarray, np.ndarray]:
             mask.reshape(steps, config.batch_size))
 
 
-def _train_one(max_lr, params, batches, batch_mask, train_x, train_y, val_x, val_y,
-               standardizer, *, config, geometry, has_val):
-    """Train one probe at peak learning rate `max_lr`; returns its best-on-val state."""
-    steps = batch_mask.shape[0]
-    tx = optax.chain(
+def _adamw(config: ProbeConfig):
+    return optax.chain(
         optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.adam_eps),
         optax.add_decayed_weights(config.weight_decay),
     )
+
+
+def _train_epoch(max_lr, params, opt_state, epoch, idx, batch_mask, train_x, train_y,
+                 standardizer, *, config, geometry):
+    """One epoch of one probe at peak learning rate `max_lr` (a scan over its steps)."""
+    steps = batch_mask.shape[0]
+    tx = _adamw(config)
     grad_fn = jax.grad(partial(probe_loss, config=config, geometry=geometry))
 
     def step(carry, inputs):
-        params, opt_state, epoch = carry
-        i, idx, mask = inputs
+        params, opt_state = carry
+        i, batch, mask = inputs
         lr = half_cycle_cosine_lr(epoch + i / steps, max_lr, config.epochs,
                                   config.warmup_epochs, config.min_lr)
-        grads = grad_fn(params, standardizer, train_x[idx], train_y[idx], mask)
+        grads = grad_fn(params, standardizer, train_x[batch], train_y[batch], mask)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
-        return (params, opt_state, epoch), None
-
-    def epoch_fn(carry, inputs):
-        epoch, idx = inputs
-        params, opt_state = carry
-        (params, opt_state, _), _ = jax.lax.scan(
-            step, (params, opt_state, epoch.astype(jnp.float32)),
-            (jnp.arange(steps, dtype=jnp.float32), idx, batch_mask))
         return (params, opt_state), None
 
-    def chunk_fn(carry, inputs):
-        params, best_params, best_score = carry
-        epochs, idx = inputs
-        (params, _), _ = jax.lax.scan(epoch_fn, (params, tx.init(params)), (epochs, idx))
+    (params, opt_state), _ = jax.lax.scan(
+        step, (params, opt_state), (jnp.arange(steps, dtype=jnp.float32), idx, batch_mask))
+    return params, opt_state
+
+
+@partial(jax.jit, static_argnames=("config", "geometry"), donate_argnums=(1, 2))
+def _sweep_epoch(lrs, params, opt_state, epoch, idx, batch_mask, train_x, train_y,
+                 standardizer, *, config, geometry):
+    """One epoch of every learning rate of the sweep (vmapped, same batches)."""
+    fn = partial(_train_epoch, config=config, geometry=geometry)
+    return jax.vmap(fn, in_axes=(0, 0, 0) + (None,) * 6)(
+        lrs, params, opt_state, epoch, idx, batch_mask, train_x, train_y, standardizer)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _sweep_init(params, *, config):
+    return jax.vmap(_adamw(config).init)(params)
+
+
+@partial(jax.jit, static_argnames=("config", "geometry"))
+def _sweep_select(params, best_params, best_score, val_x, val_y, standardizer, *, config,
+                  geometry):
+    """Validation score of each sweep member; keep its parameters on strict improvement."""
+
+    def one(p, best_p, best_s):
+        counts = _dataset_counts(p, standardizer, val_x, val_y, config=config, geometry=geometry)
+        score = _score_from_counts(counts, config=config).astype(jnp.float32)
+        better = score > best_s
+        best_p = jax.tree.map(lambda new, old: jnp.where(better, new, old), p, best_p)
+        return best_p, jnp.maximum(score, best_s), score
+
+    return jax.vmap(one)(params, best_params, best_score)
+
+
+def _fit_reference(grid, init, train_x, train_y, val_x, val_y, standardizer, config, geometry,
+                   has_val, bar):
+    """The original's recipe for every learning rate at once; epochs are driven from here
+    (one compiled epoch program) so that progress can be shown; chunks of eval_interval
+    epochs each start a fresh AdamW state and end with a validation pass."""
+    n = len(grid)
+    lrs = jnp.asarray(grid, jnp.float32)
+    params = jax.tree.map(lambda p: jnp.broadcast_to(jnp.asarray(p), (n, *p.shape)), init)
+    params = jax.tree.map(jnp.array, params)  # own buffers (donated below)
+    best_params = jax.tree.map(jnp.copy, params)
+    best_score = jnp.full((n,), -jnp.inf, jnp.float32)
+    batches, batch_mask = epoch_batches(train_x.shape[0], config)
+    batch_mask = jnp.asarray(batch_mask)
+    history = []
+    for start in range(0, config.epochs, config.chunk_epochs):
+        opt_state = _sweep_init(params, config=config)
+        for epoch in range(start, start + config.chunk_epochs):
+            params, opt_state = _sweep_epoch(
+                lrs, params, opt_state, jnp.float32(epoch), jnp.asarray(batches[epoch]),
+                batch_mask, train_x, train_y, standardizer, config=config, geometry=geometry)
+            bar.update(1)
         if has_val:
-            counts = _dataset_counts(params, standardizer, val_x, val_y, config=config,
-                                     geometry=geometry)
-            score = _score_from_counts(counts, config=config).astype(jnp.float32)
-        else:
-            score = jnp.float32(0.0)
-        better = score > best_score
-        best_params = jax.tree.map(lambda new, old: jnp.where(better, new, old), params,
-                                   best_params)
-        return (params, best_params, jnp.maximum(score, best_score)), score
-
-    n_chunks = config.epochs // config.chunk_epochs
-    per_chunk = (jnp.arange(config.epochs).reshape(n_chunks, config.chunk_epochs),
-                 batches.reshape(n_chunks, config.chunk_epochs, *batches.shape[1:]))
-    carry = (params, params, jnp.float32(-jnp.inf))
-    (final_params, best_params, best_score), history = jax.lax.scan(chunk_fn, carry, per_chunk)
+            best_params, best_score, score = _sweep_select(
+                params, best_params, best_score, val_x, val_y, standardizer, config=config,
+                geometry=geometry)
+            history.append(score)
     if not has_val:
-        best_params = final_params
-    return best_params, best_score, history
-
-
-@partial(jax.jit, static_argnames=("config", "geometry", "has_val"))
-def _train_sweep(lrs, params, batches, batch_mask, train_x, train_y, val_x, val_y, standardizer,
-                 *, config, geometry, has_val):
-    train = partial(_train_one, config=config, geometry=geometry, has_val=has_val)
-    shared = (None,) * 8
-    return jax.vmap(train, in_axes=(0, *shared))(
-        lrs, params, batches, batch_mask, train_x, train_y, val_x, val_y, standardizer)
+        return params, None, None
+    return best_params, np.asarray(best_score), np.stack([np.asarray(h) for h in history], 1)
 
 
 # --------------------------------------------------------------------------- lbfgs
@@ -502,44 +529,90 @@ def _full_batch_objective(params, c, xs, ys, masks, standardizer, n_samples, *, 
     return data + jnp.sum(jnp.square(params["w"])) / (2.0 * c * n_samples)
 
 
-def _lbfgs_one(c, params, xs, ys, masks, val_x, val_y, standardizer, n_samples, *, config,
-               geometry, has_val):
-    objective = partial(_full_batch_objective, c=c, xs=xs, ys=ys, masks=masks,
-                        standardizer=standardizer, n_samples=n_samples, config=config,
-                        geometry=geometry)
+_LBFGS_BLOCK = 25  # iterations per compiled call (progress granularity)
+
+
+def _lbfgs_objective(c, xs, ys, masks, standardizer, n_samples, config, geometry):
+    return partial(_full_batch_objective, c=c, xs=xs, ys=ys, masks=masks,
+                   standardizer=standardizer, n_samples=n_samples, config=config,
+                   geometry=geometry)
+
+
+@partial(jax.jit, static_argnames=("config", "geometry"))
+def _lbfgs_block(cs, params, state, grad_norm, xs, ys, masks, standardizer, n_samples, *,
+                 config, geometry):
+    """Up to _LBFGS_BLOCK more L-BFGS iterations of every C (vmapped; members that have
+    converged stay as they are)."""
     opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(objective)
 
-    def step(carry):
-        params, state, _ = carry
-        value, grad = value_and_grad(params, state=state)
-        updates, state = opt.update(grad, state, params, value=value, grad=grad,
-                                    value_fn=objective)
-        return optax.apply_updates(params, updates), state, optax.tree.norm(grad)
+    def one(c, params, state, grad_norm):
+        objective = _lbfgs_objective(c, xs, ys, masks, standardizer, n_samples, config,
+                                     geometry)
+        value_and_grad = optax.value_and_grad_from_state(objective)
+        stop = jnp.minimum(optax.tree.get(state, "count") + _LBFGS_BLOCK, config.max_iter)
 
-    def keep_going(carry):
-        _, state, grad_norm = carry
-        count = optax.tree.get(state, "count")
-        return (count == 0) | ((count < config.max_iter) & (grad_norm >= config.tol))
+        def step(carry):
+            params, state, _ = carry
+            value, grad = value_and_grad(params, state=state)
+            updates, state = opt.update(grad, state, params, value=value, grad=grad,
+                                        value_fn=objective)
+            # the line search stores the gradient at the new parameters in the state
+            return (optax.apply_updates(params, updates), state,
+                    optax.tree.norm(optax.tree.get(state, "grad")))
 
-    init = (params, opt.init(params), jnp.float32(jnp.inf))
-    params, state, _ = jax.lax.while_loop(keep_going, step, init)
-    final_grad = optax.tree.norm(jax.grad(objective)(params))
-    if has_val:
-        counts = _dataset_counts(params, standardizer, val_x, val_y, config=config,
-                                 geometry=geometry)
-        score = _score_from_counts(counts, config=config).astype(jnp.float32)
-    else:
-        score = jnp.float32(0.0)
-    return params, score, optax.tree.get(state, "count"), final_grad
+        def keep_going(carry):
+            _, state, norm = carry
+            count = optax.tree.get(state, "count")
+            return (count == 0) | ((count < stop) & (norm >= config.tol))
+
+        return jax.lax.while_loop(keep_going, step, (params, state, grad_norm))
+
+    return jax.vmap(one)(cs, params, state, grad_norm)
 
 
 @partial(jax.jit, static_argnames=("config", "geometry", "has_val"))
-def _lbfgs_sweep(cs, params, xs, ys, masks, val_x, val_y, standardizer, n_samples, *, config,
-                 geometry, has_val):
-    fit = partial(_lbfgs_one, config=config, geometry=geometry, has_val=has_val)
-    return jax.vmap(fit, in_axes=(0,) + (None,) * 8)(
-        cs, params, xs, ys, masks, val_x, val_y, standardizer, n_samples)
+def _lbfgs_finish(cs, params, xs, ys, masks, val_x, val_y, standardizer, n_samples, *, config,
+                  geometry, has_val):
+    """(validation score, gradient norm at the solution) of every C."""
+
+    def one(c, params):
+        objective = _lbfgs_objective(c, xs, ys, masks, standardizer, n_samples, config,
+                                     geometry)
+        norm = optax.tree.norm(jax.grad(objective)(params))
+        if not has_val:
+            return jnp.float32(0.0), norm
+        counts = _dataset_counts(params, standardizer, val_x, val_y, config=config,
+                                 geometry=geometry)
+        return _score_from_counts(counts, config=config).astype(jnp.float32), norm
+
+    return jax.vmap(one)(cs, params)
+
+
+def _fit_lbfgs(grid, train_x, train_y, val_x, val_y, standardizer, config, geometry, has_val,
+               out_dim, bar):
+    n = len(grid)
+    cs = jnp.asarray(grid, jnp.float32)
+    params = {"w": jnp.zeros((n, train_x.shape[-1], out_dim), jnp.float32),
+              "b": jnp.zeros((n, out_dim), jnp.float32)}
+    state = jax.vmap(optax.lbfgs().init)(params)
+    norm = jnp.full((n,), jnp.inf, jnp.float32)
+    xs, masks = _chunked(train_x, config.chunk_size)
+    ys, _ = _chunked(train_y, config.chunk_size)
+    n_samples = jnp.float32(train_x.shape[0])
+    done = 0
+    while True:
+        params, state, norm = _lbfgs_block(cs, params, state, norm, xs, ys, masks,
+                                           standardizer, n_samples, config=config,
+                                           geometry=geometry)
+        count = np.asarray(optax.tree.get(state, "count"))
+        bar.update(int(count.max()) - done)
+        done = int(count.max())
+        converged = (np.asarray(norm) < config.tol) & (count > 0)
+        if np.all(converged | (count >= config.max_iter)):
+            break
+    scores, norms = _lbfgs_finish(cs, params, xs, ys, masks, val_x, val_y, standardizer,
+                                  n_samples, config=config, geometry=geometry, has_val=has_val)
+    return params, (np.asarray(scores) if has_val else None), count, np.asarray(norms)
 
 
 # --------------------------------------------------------------------------- ridge
@@ -740,14 +813,16 @@ def score_predictions(preds, y, config: ProbeConfig) -> dict[str, float]:
 
 
 def fit_linear_probe(train_x, train_y, val_x=None, val_y=None, *,
-                     config: ProbeConfig = ProbeConfig(), lrs=None, grid=None) -> ProbeFit:
+                     config: ProbeConfig = ProbeConfig(), lrs=None, grid=None,
+                     progress: bool | None = None) -> ProbeFit:
     """Fit one probe per value of the recipe's grid and select on validation data.
 
     train_x: (N, D) features, or (N, T, D) patch tokens for segmentation and dense
     regression. train_y: see the module docstring. grid: the values of the swept
     hyperparameter (default: config.cs / alphas / lrs by recipe); lrs: the same, for the
     reference_adamw recipe. Without validation data a grid of one value is required
-    (nothing to select on) and that fit is returned.
+    (nothing to select on) and that fit is returned. progress: a tqdm bar with ETA (L-BFGS
+    iterations, or epochs) on stderr; None shows it on a terminal only.
     """
     if lrs is not None:
         if config.recipe != "reference_adamw":
@@ -795,27 +870,29 @@ def fit_linear_probe(train_x, train_y, val_x=None, val_y=None, *,
         val_x = jnp.zeros((1, *train_x.shape[1:]), jnp.float32)
         val_y = jnp.zeros((1, *train_y.shape[1:]), train_y.dtype)
     iterations = grad_norms = history = None
+    desc = f"probe {config.recipe} ({len(grid)} x {config.grid_name})"
     if config.recipe == "lbfgs":
-        zeros = {"w": np.zeros((train_x.shape[-1], out_dim), np.float32),
-                 "b": np.zeros((out_dim,), np.float32)}
-        xs, masks = _chunked(train_x, config.chunk_size)
-        ys, _ = _chunked(train_y, config.chunk_size)
-        params, best, iterations, grad_norms = _lbfgs_sweep(
-            jnp.asarray(grid, jnp.float32), zeros, xs, ys, masks, val_x, val_y, standardizer,
-            jnp.float32(train_x.shape[0]), config=config, geometry=geometry, has_val=has_val)
-        iterations, grad_norms = np.asarray(iterations), np.asarray(grad_norms)
+        with _progress(progress, config.max_iter, desc, "it") as bar:
+            params, val_scores, iterations, grad_norms = _fit_lbfgs(
+                grid, train_x, train_y, val_x, val_y, standardizer, config, geometry, has_val,
+                out_dim, bar)
     else:
         init = init_probe_params(config.seed, train_x.shape[-1], out_dim)
-        batches, batch_mask = epoch_batches(train_x.shape[0], config)
-        params, best, history = _train_sweep(
-            jnp.asarray(grid, jnp.float32), init, jnp.asarray(batches),
-            jnp.asarray(batch_mask), train_x, train_y, val_x, val_y, standardizer,
-            config=config, geometry=geometry, has_val=has_val)
-        history = np.asarray(history) if has_val else None
-    val_scores = np.asarray(best) if has_val else None
+        with _progress(progress, config.epochs, desc, "epoch") as bar:
+            params, val_scores, history = _fit_reference(
+                grid, init, train_x, train_y, val_x, val_y, standardizer, config, geometry,
+                has_val, bar)
     best_index = int(np.argmax(val_scores)) if has_val else 0
     return ProbeFit(config, grid, jax.tree.map(np.asarray, params), standardizer, geometry,
                     val_scores, history, best_index, iterations, grad_norms)
+
+
+def _progress(progress: bool | None, total: int, desc: str, unit: str):
+    """A tqdm bar with ETA on stderr; progress None: only on a terminal (tqdm's choice)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False,
+                disable=None if progress is None else not progress)
 
 
 def _fit_ridge(train_x, train_y, val_x, val_y, grid, config, geometry, standardizer, has_val):
