@@ -270,3 +270,22 @@ def test_dense_regression_probe_per_token_blocks():
     with pytest.raises(ValueError, match="does not tile"):
         lp.fit_linear_probe(tokens[:16], np.zeros((16, 9, 9), np.float32), config=config,
                             grid=[1.0])
+
+
+def test_block_layout_segmentation_loss_equals_the_pixel_loss():
+    """The L-BFGS objective reads exact-geometry labels as token blocks; it must equal the
+    loss over the pixel maps the head produces."""
+    rng = np.random.default_rng(9)
+    cfg = lp.ProbeConfig(task="segmentation", num_classes=3)
+    geo = lp.segmentation_geometry(4, (8, 8))
+    x = jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32)
+    y = rng.integers(-1, 3, (2, 8, 8))
+    params = {"w": jnp.asarray(rng.normal(size=(5, 12)), jnp.float32),
+              "b": jnp.asarray(rng.normal(size=12), jnp.float32)}
+    std = (jnp.zeros(5), jnp.ones(5))
+    mask = jnp.ones(2, bool)
+    pixel = lp._loss_terms(lp.probe_logits(params, std, x, config=cfg, geometry=geo),
+                           jnp.asarray(y), mask, cfg)
+    blocks = lp._block_terms(params, std, x, jnp.asarray(
+        lp.pixels_to_token_blocks(y[..., None], geo)), mask, cfg)
+    np.testing.assert_allclose(np.asarray(blocks), np.asarray(pixel), rtol=1e-5)

@@ -55,8 +55,9 @@ score from it is marked by the note).
 Normalisation ("norm"): "pretrained" (the pretraining statistics of the sensor, the
 official setting), a dataset NormMethod over band_stats.json ("norm_no_clip", ...), or
 "auto" (default): "pretrained", unless a mapped band holds 8-bit scaled values (its
-band_stats max <= 255 while the pretraining mean + 2 std of the band exceeds 1,000), then
-the task's dataset norm ("norm_no_clip", or the one in the registry) with a note;
+band_stats max <= 255 while the pretraining mean + 2 std of the band exceeds 1,000, and
+either that max is 255 or most mapped bands are so small; m-eurosat's cirrus-like band,
+max 90, is raw), then the task's dataset norm ("norm_no_clip", or the one in the registry) with a note;
 "pretrained" on such data is refused. m-forestnet defaults to "norm_no_clip_2_std" (the
 reference's choice). band_stats.json keys are matched by band name, then by the band's
 alternative names from task_specs.pkl, then without a date suffix.
@@ -775,7 +776,7 @@ class GeoBenchDataset:
         self._band_stats = stats
         if norm not in ("auto", "pretrained"):
             self._method = normalization.parse_norm_method(norm)
-            if stats is None:
+            if stats is None and self._method.kind != "none":
                 raise FileNotFoundError(f"{stats_path} not found; norm {norm!r} needs the "
                                         "dataset's band statistics")
             return norm
@@ -798,18 +799,23 @@ class GeoBenchDataset:
         return "pretrained"
 
     def _eight_bit_bands(self, stats) -> list[str]:
+        """Mapped bands whose band_stats say 8-bit scaled (module docstring): max <= 255
+        where the pretraining mean + 2 std exceeds 1,000, and either the max is exactly 255
+        (saturated) or most mapped bands are so (a small raw band, such as cirrus, is not
+        8-bit scaling)."""
         if stats is None:
             return []
-        lo, hi, _ = band_range(self.sensor)
+        _, hi, _ = band_range(self.sensor)
         order = sensors.get(self.sensor).bands
-        out = []
+        small, names = {}, set(self.plan.source.values())
         for band, name in self.plan.source.items():
             entry = _stats_lookup(stats, name, self._alt_names(name))
             top = None if entry is None else entry.get("max")
             if top is not None and top * self.task.data_scale <= 255 \
                     and hi[order.index(band)] > 1000:
-                out.append(name)
-        return sorted(set(out))
+                small[name] = top * self.task.data_scale
+        most = len(small) * 2 > len(names)
+        return sorted(n for n, top in small.items() if most or top == 255)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -835,6 +841,8 @@ class GeoBenchDataset:
         """Normalise a raw (..., C) image whose channels came from `band_names`."""
         if self._method is None:
             return normalize_array(self.sensor, image, np.float64)
+        if self._method.kind == "none":
+            return np.asarray(image, np.float64)
         s = self._dataset_stats(band_names)
         return normalization.apply_dataset_norm(image, self._method, s["mean"], s["std"],
                                                 s["min"], s["max"])

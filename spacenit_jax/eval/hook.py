@@ -33,8 +33,8 @@ Interface for the training loop:
 - `from_config(eval_config, model_cfg)`: eval_config.tasks lists config specs
   ("configs/eval/m_eurosat.py", "synthetic:small", see `tasks.resolve_config_path`) or task
   dicts; eval_config.every > 0 sets every task's interval; optional fields run_on_test
-  (bool) and overrides (["field=value", ...] applied to every task). With model_cfg, a task
-  whose sensor the model does not have is an error at construction.
+  (bool) and overrides ({"knn": {"k": 10}, ...}: typed values set in every task). With
+  model_cfg, a task whose sensors the model does not have is an error at construction.
 - A dataset that is not there (FileNotFoundError: $GEOBENCH_DIR unset or wrong, missing
   files) is reported once with logging.warning and the task is skipped for the rest of the
   run (`skipped` lists them). Other errors propagate: they are bugs, not missing data.
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from spacenit_jax.eval import features as feat
 from spacenit_jax.eval import tasks as tasks_lib
@@ -59,10 +59,10 @@ log = logging.getLogger(__name__)
 IN_LOOP_MODES = ("knn", "linear_probe")
 
 
-def load_tasks(specs: Sequence[str], overrides: Sequence[str] = ()) -> list:
+def load_tasks(specs: Sequence[str], overrides: Mapping | None = None) -> list:
     """Task configs from config-file specs ("path.py" or "path.py:arg"), with overrides
-    ("field=value") applied to every task."""
-    return [tasks_lib.apply_overrides(tasks_lib.load_config_file(s), overrides) for s in specs]
+    ({"field.path": value}, typed) set in every task."""
+    return [tasks_lib.override(tasks_lib.load_config_file(s), overrides or {}) for s in specs]
 
 
 class InLoopEvaluator:
@@ -86,22 +86,23 @@ class InLoopEvaluator:
     def from_config(cls, eval_config, model_cfg=None, *, mesh=None, devices=None
                     ) -> InLoopEvaluator:
         """An evaluator from a run config's `eval` section (see module docstring)."""
-        overrides = list(eval_config.get("overrides", None) or ())
+        overrides = dict(eval_config.get("overrides", None) or {})
         tasks = []
         for item in eval_config.tasks:
             if isinstance(item, str):
-                task = tasks_lib.apply_overrides(tasks_lib.load_config_file(item), overrides)
+                task = tasks_lib.override(tasks_lib.load_config_file(item), overrides)
             else:
-                task = tasks_lib.apply_overrides(tasks_lib.as_task_config(item), overrides)
+                task = tasks_lib.override(tasks_lib.as_task_config(item), overrides)
             every = int(eval_config.get("every", 0) or 0)
             if every > 0:
                 task.every_n_steps = every
             tasks.append(task)
         if model_cfg is not None:
             for task in tasks:
-                sensor = tasks_lib.task_sensor(task)
-                if sensor not in model_cfg.sensor_labels:
-                    raise ValueError(f"in-loop eval task {task.name!r} needs sensor {sensor!r}; "
+                needed = tasks_lib.task_sensors(task, model_cfg.sensor_labels)
+                lacking = [s for s in needed if s not in model_cfg.sensor_labels]
+                if lacking:
+                    raise ValueError(f"in-loop eval task {task.name!r} needs sensors {lacking}; "
                                      f"the model has {list(model_cfg.sensor_labels)}")
         return cls(tasks, run_on_test=bool(eval_config.get("run_on_test", False)), mesh=mesh,
                    devices=devices)

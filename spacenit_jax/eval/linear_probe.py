@@ -82,7 +82,8 @@ class ProbeConfig:
     tol: float = 1e-5  # gradient norm of the mean objective
     # ridge
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
-    # full-batch passes (lbfgs, ridge): rows (samples) per chunk
+    # full-batch passes (lbfgs, ridge): rows per chunk (samples; for dense tasks, the
+    # samples whose output maps hold at most chunk_size * 1024 values)
     chunk_size: int = 1024
     # reference_adamw
     lrs: tuple[float, ...] = DEFAULT_LRS
@@ -501,6 +502,15 @@ def _fit_reference(grid, init, train_x, train_y, val_x, val_y, standardizer, con
 # --------------------------------------------------------------------------- lbfgs
 
 
+def _chunk_rows(config: ProbeConfig, n: int, geometry: SegGeometry | None) -> int:
+    """Rows per full-batch chunk: chunk_size samples, or for dense heads as many samples
+    as keep a chunk's output maps at chunk_size * 1024 values."""
+    if geometry is None:
+        return max(1, min(n, config.chunk_size))
+    per_sample = geometry.label_h * geometry.label_w * config.num_classes
+    return max(1, min(n, config.chunk_size * 1024 // per_sample))
+
+
 def _chunked(a, chunk: int):
     """(n_chunks, chunk, ...) zero-padded rows and the (n_chunks, chunk) validity mask."""
     n = a.shape[0]
@@ -515,8 +525,12 @@ def _full_batch_objective(params, c, xs, ys, masks, standardizer, n_samples, *, 
                           geometry):
     """Mean loss over every training item + ||W||^2 / (2 C N); one chunk at a time."""
 
+    blocks = geometry is not None and geometry.exact and config.task == "segmentation"
+
     @jax.checkpoint
     def chunk_terms(params, x, y, m):
+        if blocks:  # labels already in token-block layout: no pixel transposes per pass
+            return _block_terms(params, standardizer, x, y, m, config)
         logits = probe_logits(params, standardizer, x, config=config, geometry=geometry)
         return _loss_terms(logits, y, m, config)
 
@@ -527,6 +541,17 @@ def _full_batch_objective(params, c, xs, ys, masks, standardizer, n_samples, *, 
     (total, count), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), (xs, ys, masks))
     data = total / jnp.maximum(count, 1.0)
     return data + jnp.sum(jnp.square(params["w"])) / (2.0 * c * n_samples)
+
+
+def _block_terms(params, standardizer, x, y, mask, config):
+    """Segmentation loss terms with labels laid out as (B, T, s*s) token blocks (exact
+    geometry): the head's (B, T, C*s*s) outputs are read as (B, T, C, s*s)."""
+    mean, inv_std = standardizer
+    out = ((x.astype(jnp.float32) - mean) * inv_std) @ params["w"] + params["b"]
+    logp = jax.nn.log_softmax(out.reshape(*out.shape[:2], config.num_classes, -1), axis=2)
+    valid = (y != metrics.IGNORE_INDEX) & mask[:, None, None]
+    picked = jnp.take_along_axis(logp, jnp.maximum(y, 0)[:, :, None, :], axis=2)[:, :, 0]
+    return -jnp.sum(jnp.where(valid, picked, 0.0)), jnp.sum(valid).astype(jnp.float32)
 
 
 _LBFGS_BLOCK = 25  # iterations per compiled call (progress granularity)
@@ -596,8 +621,11 @@ def _fit_lbfgs(grid, train_x, train_y, val_x, val_y, standardizer, config, geome
               "b": jnp.zeros((n, out_dim), jnp.float32)}
     state = jax.vmap(optax.lbfgs().init)(params)
     norm = jnp.full((n,), jnp.inf, jnp.float32)
-    xs, masks = _chunked(train_x, config.chunk_size)
-    ys, _ = _chunked(train_y, config.chunk_size)
+    rows = _chunk_rows(config, train_x.shape[0], geometry)
+    xs, masks = _chunked(train_x, rows)
+    if geometry is not None and geometry.exact and config.task == "segmentation":
+        train_y = jnp.asarray(pixels_to_token_blocks(np.asarray(train_y)[..., None], geometry))
+    ys, _ = _chunked(train_y, rows)
     n_samples = jnp.float32(train_x.shape[0])
     done = 0
     while True:
@@ -908,8 +936,9 @@ def _fit_ridge(train_x, train_y, val_x, val_y, grid, config, geometry, standardi
         rows_y = pixels_to_token_blocks(train_y, geometry).reshape(rows_x.shape[0], -1)
     else:
         rows_x, rows_y = train_x, train_y
-    xs, masks = _chunked(rows_x, config.chunk_size)
-    ys, _ = _chunked(jnp.asarray(rows_y), config.chunk_size)
+    rows = max(1, min(rows_x.shape[0], config.chunk_size * 64))  # token rows
+    xs, masks = _chunked(rows_x, rows)
+    ys, _ = _chunked(jnp.asarray(rows_y), rows)
     per_column = bool(np.any(~np.isfinite(rows_y)))
     g, xty, _ = _gram(xs, ys, masks, standardizer, per_column=per_column)
     solutions = _ridge_solutions(np.asarray(g), np.asarray(xty), grid)

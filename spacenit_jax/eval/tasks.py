@@ -240,14 +240,26 @@ def get_config_from_file(file, arg=None) -> config_dict.ConfigDict:
     return cfg
 
 
+def _flatten(values: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping | config_dict.ConfigDict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def override(cfg: config_dict.ConfigDict, values: Mapping) -> config_dict.ConfigDict:
-    """Set dotted fields ({"knn.k": 5}) with typed values; unknown fields and values of the
-    wrong type are errors (ConfigDict's own checks). Returns the checked config."""
+    """Set fields from a mapping, dotted ({"knn.k": 5}) or nested ({"knn": {"k": 5}}), with
+    typed values; unknown fields and values of the wrong type are errors (ConfigDict's own
+    checks). Returns the checked config."""
+    flat = _flatten(values)
     try:
-        cfg.update_from_flattened_dict(dict(values))
+        cfg.update_from_flattened_dict(flat)
     except (AttributeError, KeyError) as err:
         raise ValueError(f"task {cfg.get('name', '?')!r}: unknown config field in "
-                         f"{sorted(values)}: {err}") from None
+                         f"{sorted(flat)}: {err}") from None
     except TypeError as err:
         raise ValueError(f"task {cfg.get('name', '?')!r}: {err}") from None
     return as_task_config(cfg)
