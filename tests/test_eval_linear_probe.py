@@ -280,8 +280,8 @@ def test_block_layout_segmentation_loss_equals_the_pixel_loss():
     geo = lp.segmentation_geometry(4, (8, 8))
     x = jnp.asarray(rng.normal(size=(2, 4, 5)), jnp.float32)
     y = rng.integers(-1, 3, (2, 8, 8))
-    params = {"w": jnp.asarray(rng.normal(size=(5, 12)), jnp.float32),
-              "b": jnp.asarray(rng.normal(size=12), jnp.float32)}
+    params = {"w": jnp.asarray(rng.normal(size=(5, 48)), jnp.float32),  # 3 classes x 4 x 4
+              "b": jnp.asarray(rng.normal(size=48), jnp.float32)}
     std = (jnp.zeros(5), jnp.ones(5))
     mask = jnp.ones(2, bool)
     pixel = lp._loss_terms(lp.probe_logits(params, std, x, config=cfg, geometry=geo),
