@@ -128,21 +128,27 @@ def parse_flags(argv: list[str]):
                           "comma-separated values, e.g. --lrs=1e-3,1e-2)")
     names = [f for f in fv if not f.startswith("config")] + ["config"]
     args = SimpleNamespace(**{n.replace("-", "_"): fv[n].value for n in names})
-    args.config_overrides = config_flags.get_override_values(fv["config"])
+    args.config_overrides = ({} if fv["config"].value is None
+                             else config_flags.get_override_values(fv["config"]))
     return args
 
 
 def _one_line(err: BaseException) -> str:
     """The message of an error as one line (the last meaningful line of a traceback-like
-    message, a "did you mean" hint folded in)."""
-    text = str(err).strip().strip("'\"")
+    message; an unknown config field with its "did you mean" hint)."""
+    text = str(err)
+    if isinstance(err, KeyError | AttributeError) and err.args and isinstance(err.args[0], str):
+        text = err.args[0]
+    text = text.replace("\\n", "\n").replace("\\'", "'").strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a quoted repr
+        text = text[1:-1]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         return type(err).__name__
     if "Traceback" in text:  # an error raised inside a config file: its own message
         return f"{lines[0].rstrip(':')}: {lines[-1]}"
     if isinstance(err, AttributeError) and len(lines) > 1:  # unknown config field
-        return f"unknown config field {lines[0]} ({lines[1].rstrip('?')}?)".replace("\\'", "'")
+        return f"unknown config field {lines[0]} ({lines[1]})"
     return " ".join(lines)
 
 

@@ -363,7 +363,9 @@ def eval_splits(cfg) -> tuple[str, ...]:
 
 
 def adapt_to_sizes(cfg, sizes: Mapping[str, int]) -> list[str]:
-    """Lower k and the batch sizes to fit tiny splits (in place); notes of what changed."""
+    """Lower what the task's mode uses to fit tiny splits (in place): k, the reference probe's
+    and fine-tuning's batch sizes to the train size, the embedding and evaluation batch sizes
+    to the largest split. Returns notes of what changed."""
     notes = []
     n_train, n_max = int(sizes["train"]), max(int(v) for v in sizes.values())
 
@@ -372,15 +374,20 @@ def adapt_to_sizes(cfg, sizes: Mapping[str, int]) -> list[str]:
         node = cfg
         for p in parents:
             node = node[p]
-        if node[leaf] > limit:
+        if node[leaf] is not None and node[leaf] > limit:
             notes.append(f"{cfg.name}: {path} {node[leaf]} -> {limit} ({why})")
             node[leaf] = limit
 
-    lower("knn.k", n_train, f"{n_train} training samples")
-    lower("probe.batch_size", n_train, f"{n_train} training samples")
-    lower("finetune.batch_size", n_train, f"{n_train} training samples")
-    lower("finetune.eval_batch_size", n_max, f"largest split {n_max}")
-    lower("embedding_batch_size", n_max, f"largest split {n_max}")
+    train_why, max_why = f"{n_train} training samples", f"largest split {n_max}"
+    if cfg.mode == "finetune":
+        lower("finetune.batch_size", n_train, train_why)
+        lower("finetune.eval_batch_size", n_max, max_why)
+        return notes
+    lower("embedding_batch_size", n_max, max_why)
+    if cfg.mode == "knn":
+        lower("knn.k", n_train, train_why)
+    elif cfg.probe.get("recipe") == "reference_adamw":
+        lower("probe.batch_size", n_train, train_why)
     return notes
 
 
