@@ -217,3 +217,14 @@ def test_readme_smoke_command_on_the_shipped_eurosat_sample(workdir, capsys, dat
     assert "m-eurosat  knn   valid  accuracy *" in out and "k=1" in out
     assert "note: m-eurosat: knn.k 20 -> 1 (1 training samples)" in out
     assert "note: m-eurosat: bands not used: 10 - SWIR - Cirrus" in out
+
+
+def test_benchmark_eval_smoke(capsys):
+    from launch import benchmark_eval
+
+    assert benchmark_eval.main(["--n", "48", "--dim", "8", "--classes", "3", "--epochs",
+                                "2", "--batch-size", "16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["probe_lbfgs"]["recipe"] == "lbfgs" and "C" in result["probe_lbfgs"]
+    assert result["probe_reference_adamw"]["recipe"] == "reference_adamw"
+    assert result["knn"]["seconds_without_compile"] >= 0

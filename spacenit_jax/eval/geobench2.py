@@ -360,8 +360,12 @@ class GeoBench2Dataset:
 
     def __init__(self, root: str | os.PathLike | None, task: str, split: str = "train", *,
                  inputs=None, timesteps: int | None = None):
-        import tacoreader.v1 as tacoreader
-
+        try:
+            import tacoreader.v1 as tacoreader
+        except ImportError as err:
+            raise ImportError(f"GEO-Bench-2 tasks read .tortilla files with tacoreader ({err}); "
+                              "install the benchmarks extra: pip install "
+                              "'spacenit-jax[benchmarks]'") from err
         self.task = get_task(task)
         if root is None:
             root = os.environ.get("GEOBENCH2_DIR")
