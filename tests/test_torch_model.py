@@ -351,13 +351,14 @@ def test_tokenizer_matches_numpy_contract(preset, patches, hw):
 
 def test_position_scales_per_preset():
     x = {"sentinel2_l2a": torch.zeros(1, 12, 16, 16), "naip": torch.zeros(1, 4, 16, 16)}
+    s2 = {"sentinel2_l2a": x["sentinel2_l2a"]}
     head = tm.Encoder(make_config("reference_head", "nano", sensor_labels=("sentinel2_l2a",)))
-    assert set(head.token_ids(x, 4).scale.tolist()) == {4.0}
-    assert set(head.token_ids(x, 4, gsd=30.0).scale.tolist()) == {12.0}
-    assert set(head.token_ids(x, 4, gsd=torch.tensor([20.0, 40.0])).scale.tolist()) == {12.0}
+    assert set(head.token_ids(s2, 4).scale.tolist()) == {4.0}
+    assert set(head.token_ids(s2, 4, gsd=30.0).scale.tolist()) == {12.0}
+    assert set(head.token_ids(s2, 4, gsd=torch.tensor([20.0, 40.0])).scale.tolist()) == {12.0}
     v1 = tm.Encoder(make_config("reference_v1", "nano", sensor_labels=("sentinel2_l2a",)))
-    assert set(v1.token_ids(x, 4).scale.tolist()) == {1.0}
-    assert set(v1.token_ids(x, 4, gsd=25.0).scale.tolist()) == {2.5}
+    assert set(v1.token_ids(s2, 4).scale.tolist()) == {1.0}
+    assert set(v1.token_ids(s2, 4, gsd=25.0).scale.tolist()) == {2.5}
     dc = tm.Encoder(make_config("design_card", "nano", sensor_labels=("sentinel2_l2a", "naip")))
     ids = dc.token_ids(x, 4)
     s2 = ids.scale[ids.sensor == 0].unique().tolist()
@@ -370,13 +371,71 @@ def test_grid_limits_and_divisibility():
     enc = tm.Encoder(cfg)
     with pytest.raises(ValueError, match="max_grid"):
         enc({"srtm": torch.zeros(1, 1, 40, 8)})
-    with pytest.raises(ValueError, match="divisible"):
-        enc({"srtm": torch.zeros(1, 1, 18, 16)}, patch_size=4)
-    # P == P0 drops the remainder rows (no divisibility check), like the original
-    out = enc({"srtm": torch.zeros(1, 1, 18, 16)})
-    assert out[0].shape == (1, 1 + 2 * 2, 128)
-    with pytest.raises(ValueError, match="none of the configured"):
-        enc({"sentinel1": torch.zeros(1, 2, 16, 16)})
+    # one rule at every patch size, the base patch size P0 = 8 included: the original
+    # silently drops the remainder rows at P0; we refuse, as the JAX model does
+    for p in (4, 8):
+        with pytest.raises(ValueError, match=f"'srtm': spatial size 18x16 is not divisible "
+                                             f"by the patch size {p}"):
+            enc({"srtm": torch.zeros(1, 1, 18, 16)}, patch_size=p)
+    assert enc({"srtm": torch.zeros(1, 1, 16, 16)})[0].shape == (1, 1 + 2 * 2, 128)
+
+
+S2 = ", ".join(sensors.get("sentinel2_l2a").bands)
+
+
+@pytest.mark.parametrize("inputs,error,match", [
+    # unknown and misspelled sensors are refused (they used to be dropped silently)
+    ({"sentinel2_l2": torch.zeros(1, 12, 8, 8)}, ValueError,
+     r"^unknown sensor 'sentinel2_l2' \(did you mean 'sentinel2_l2a'\?\); this model's "
+     r"sensors: sentinel2_l2a, srtm \(all known sensors: sentinel2_l2a, .*\)$"),
+    ({"Sentinel1": torch.zeros(1, 2, 8, 8)}, ValueError,
+     r"^unknown sensor 'Sentinel1' \(did you mean 'sentinel1'\?\)"),
+    ({"modis": torch.zeros(1, 2, 8, 8)}, ValueError, r"^unknown sensor 'modis'; this model's"),
+    ({"srtm": torch.zeros(1, 1, 8, 8), "sentinel1": torch.zeros(1, 2, 8, 8)}, ValueError,
+     r"^sensor 'sentinel1' is not one of this model's sensors \(sentinel2_l2a, srtm\)"),
+    # wrong layout, channel count, type, dtype, batch sizes, months
+    ({"sentinel2_l2a": torch.zeros(1, 8, 8, 12)}, ValueError,
+     rf"^sensor 'sentinel2_l2a': expected 12 channels \({S2}\) on axis 1 of \(B, C, H, W"
+     r"\[, T\]\), got shape \(1, 8, 8, 12\); it looks channel-last: use "
+     r"x.permute\(0, 3, 1, 2\)$"),
+    ({"sentinel2_l2a": torch.zeros(1, 8, 8, 2, 12)}, ValueError,
+     r"channel-last: use x.permute\(0, 4, 1, 2, 3\)$"),
+    ({"sentinel2_l2a": torch.zeros(1, 10, 8, 8)}, ValueError,
+     r"^sensor 'sentinel2_l2a': expected 12 channels .* got shape \(1, 10, 8, 8\)$"),
+    ({"srtm": torch.zeros(8, 8)}, ValueError,
+     r"^sensor 'srtm': expected a \(B, 1, H, W\) or \(B, 1, H, W, T\) tensor"),
+    ({"srtm": np.zeros((1, 1, 8, 8), np.float32)}, TypeError,
+     r"^sensor 'srtm': expected a torch.Tensor .* got ndarray \(torch.from_numpy"),
+    ({"srtm": torch.zeros(1, 1, 8, 8, dtype=torch.int16)}, TypeError,
+     r"^sensor 'srtm': dtype torch.int16, expected a floating-point tensor"),
+    ({"srtm": torch.zeros(1, 1, 8, 8, dtype=torch.float64)}, TypeError,
+     r"^sensor 'srtm': dtype torch.float64, but the model's parameters are torch.float32"),
+    ({"srtm": torch.zeros(2, 1, 8, 8), "sentinel2_l2a": torch.zeros(3, 12, 8, 8)}, ValueError,
+     r"^sensor inputs have different batch sizes: \{'srtm': 2, 'sentinel2_l2a': 3\}$"),
+    ({}, ValueError, r"^no sensor inputs given; this model's sensors: sentinel2_l2a, srtm$"),
+    ([torch.zeros(1, 1, 8, 8)], TypeError, r"^sensor_data must be a dict"),
+])
+def test_bad_inputs_raise_one_line_errors_naming_the_sensor(inputs, error, match):
+    cfg = make_config("reference_head", "nano", sensor_labels=("sentinel2_l2a", "srtm"),
+                      embed_dim=32, depth=1, num_heads=2, decoder_depth=1, decoder_num_heads=2)
+    model = tm.LatentPredictor(cfg).eval()
+    with pytest.raises(error, match=match) as err:
+        model.encoder(inputs, patch_size=4)
+    assert "\n" not in str(err.value)
+    with pytest.raises(error, match=match):  # every entry point checks the same way
+        model(inputs, patch_size=4)
+
+
+def test_bad_month_indices():
+    cfg = make_config("reference_head", "nano", sensor_labels=("srtm",), embed_dim=32,
+                      depth=1, num_heads=2)
+    enc = tm.Encoder(cfg)
+    x = {"srtm": torch.zeros(2, 1, 8, 8)}
+    enc(x, patch_size=4, month_indices=torch.tensor([[0], [-12]]))  # negative months wrap
+    with pytest.raises(ValueError, match=r"^month_indices: months are 0-11 .* from 0 to 12$"):
+        enc(x, patch_size=4, month_indices=torch.tensor([[0], [12]]))
+    with pytest.raises(ValueError, match=r"^month_indices: expected a \(2, T\) integer"):
+        enc(x, patch_size=4, month_indices=torch.tensor([1, 2]))
 
 
 # --------------------------------------------------------------------------------------
