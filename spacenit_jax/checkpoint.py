@@ -181,7 +181,7 @@ def load_model(path, step: int | None = None) -> LoadedModel:
     nothing is initialised twice."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
+    from flax import nnx, traverse_util
 
     from spacenit_jax.model import models
 
@@ -194,7 +194,7 @@ def load_model(path, step: int | None = None) -> LoadedModel:
         src = im.read_source(where)
         flat = im.state_dict_to_params(src.cfg, src.kind, src.state_dict,
                                        where=str(src.weights_file))
-        cfg, kind, params, step = src.cfg, src.kind, im.nest(flat), src.step
+        cfg, kind, params, step = src.cfg, src.kind, traverse_util.unflatten_dict(flat), src.step
         run_config = {"model": {"config": config_to_dict(cfg), "kind": kind},
                       "imported_from": {"source": str(where), "format": src.format}}
     else:

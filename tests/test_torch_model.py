@@ -136,7 +136,7 @@ def test_golden_v1_index_sets_match_visibility_mask(data_dir):
 
 
 # --------------------------------------------------------------------------------------
-# Parameter counts (spec 12) and state-dict keys (spec 13)
+# Parameter counts and state-dict keys of the original's official sizes
 
 COUNTS = {  # (encoder, decoder, each projection head, total, state-dict keys)
     ("reference_head", "nano"): (1_346_304, 635_860, 33_024, 3_394_516, 284),
@@ -172,7 +172,7 @@ def test_official_parameter_counts(preset, size):
 
 
 def _head_nano_encoder_spec() -> dict[str, tuple[int, ...]]:
-    """Spec 13.1, written out from the document."""
+    """The original latest revision's Nano encoder keys and shapes, written out."""
     d = 128
     patch = {
         "sentinel2_l2a__g0": 256, "sentinel2_l2a__g1": 384, "sentinel2_l2a__g2": 128,
@@ -478,7 +478,7 @@ def test_rope_interleaved_pairs_and_float32():
     e, o = x[..., 0::2], x[..., 1::2]
     torch.testing.assert_close(y[..., 0::2], e * c - o * s, atol=1e-6, rtol=0)
     torch.testing.assert_close(y[..., 1::2], e * s + o * c, atol=1e-6, rtol=0)
-    # frequencies (spec 4.2/4.3) for hd = 16
+    # frequencies theta^(-4j/hd) (spatial) and theta^(-2k/hd) (temporal) for hd = 16
     torch.testing.assert_close(tm.SpatialRoPE(16).inv_freq,
                                torch.tensor([1.0, 0.1, 0.01, 0.001]))
     torch.testing.assert_close(tm.TemporalRoPE(16).freqs[1].angle(),
