@@ -733,3 +733,32 @@ def test_pixel_head_fold():
     # token vector laid out channel-major: c*p*p + i*p + j
     assert img[0, 1, 1, 0] == 1 * 4 + 1 * 2 + 0
     assert img[0, 2, 3, 5] == 2 * 4 + 1 * 2 + 1
+
+
+def test_bad_patch_sizes_masks_and_indices():
+    cfg = make_config("reference_head", "nano", sensor_labels=("srtm",), embed_dim=32,
+                      depth=1, num_heads=2, decoder_depth=1, decoder_num_heads=2)
+    model = tm.LatentPredictor(cfg).eval()
+    x = {"srtm": torch.zeros(2, 1, 8, 8)}  # 1 type token + 2x2 patches at P = 4
+    for p in (0, -4, 2.5):
+        with pytest.raises(ValueError, match=r"^patch_size must be a positive integer"):
+            model.encoder(x, patch_size=p)
+    with pytest.raises(ValueError, match=r"^mask_indices: token positions must be in \[0, 5\)"
+                                         r" \(the input has 5 tokens\), got values from 0 to 5$"):
+        model.encoder(x, patch_size=4, mask_indices=torch.tensor([[0, 5], [1, 2]]))
+    with pytest.raises(ValueError, match=r"^mask_indices: expected a \(2, K\) integer tensor"):
+        model.encoder(x, patch_size=4, mask_indices=torch.tensor([0, 1]))
+    good = torch.tensor([[0, 2, 2, 1, 3], [0, 2, 2, 0, 1]])
+    assert model(x, visibility_mask=good, patch_size=4)["predictions"].shape == (2, 2, 32)
+    for bad, match in [
+        (good.bool(), r"^visibility_mask must be a \(B, N\) = \(2, 5\) integer tensor of token "
+                      r"states \(0 VISIBLE, 1 TARGET_ONLY, 2 PREDICTED, 3 ABSENT\), got "
+                      r"torch.bool \(2, 5\)$"),
+        (good[:, :4], r"^visibility_mask must be a \(B, N\) = \(2, 5\) .* got torch.int64 \(2, 4\)"),
+        (good + 1, r"^visibility_mask: token states are 0 VISIBLE, .*; got values from 1 to 4$"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model(x, visibility_mask=bad, patch_size=4)
+    ae = tm.AutoEncoder(cfg.replace(out_channels=1)).eval()
+    with pytest.raises(ValueError, match=r"^visibility_mask: token states"):
+        ae(x, visibility_mask=good - 1, patch_size=4, height=8, width=8)

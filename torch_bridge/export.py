@@ -67,8 +67,8 @@ def flatten_params(params) -> dict[tuple, np.ndarray]:
         flat = sdm.flat_params(params)
     elif isinstance(params, Mapping) and params and all(isinstance(k, tuple) for k in params):
         flat = dict(params)
-    elif isinstance(params, dict):
-        flat = traverse_util.flatten_dict(params)
+    elif isinstance(params, Mapping):
+        flat = traverse_util.flatten_dict(dict(params))
     else:
         raise TypeError(f"expected an nnx Module/State or a dict of parameters, got "
                         f"{type(params).__name__}")

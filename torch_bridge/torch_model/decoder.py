@@ -79,7 +79,7 @@ class Decoder(nn.Module):
         """all_tokens (B, N, D) in tokenizer order, visibility_mask (B, N) TokenState
         values -> (B, N, D): PREDICTED positions decoded, every position normalised."""
         b, n, d = all_tokens.shape
-        p = patch_size or self.config.layout.base_patch_size
+        p = self.config.layout.base_patch_size if patch_size is None else patch_size
         vis = visibility_mask.long()
         x = self.encoder_to_decoder_embed(self.input_norm(all_tokens))
         x = torch.where((vis == TokenState.PREDICTED).unsqueeze(-1),

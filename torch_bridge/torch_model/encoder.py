@@ -89,6 +89,18 @@ def check_sensor_input(label: str, x, weight_dtype: torch.dtype | None = None) -
                         f"{weight_dtype}: convert with x.to({weight_dtype})")
 
 
+def check_index_tensor(name: str, idx, batch: int, n: int) -> None:
+    """idx: a (B, K) integer tensor of token positions in [0, N)."""
+    if (not torch.is_tensor(idx) or idx.ndim != 2 or idx.shape[0] != batch
+            or idx.is_floating_point() or idx.dtype == torch.bool):
+        shape = tuple(idx.shape) if hasattr(idx, "shape") else type(idx).__name__
+        raise ValueError(f"{name}: expected a ({batch}, K) integer tensor of token positions "
+                         f"in [0, {n}), got {shape}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise ValueError(f"{name}: token positions must be in [0, {n}) (the input has {n} "
+                         f"tokens), got values from {int(idx.min())} to {int(idx.max())}")
+
+
 def check_months(months: torch.Tensor, batch: int) -> None:
     """month_indices: (B, T_m) integers in [-12, 11] (negative months wrap, as in the
     original's table lookup)."""
@@ -248,6 +260,10 @@ class MultiSensorTokenizer(nn.Module):
 
     def token_ids(self, sensor_data, patch_size: int, gsd=None) -> TokenIds:
         layout = self.config.layout
+        if isinstance(patch_size, bool) or int(patch_size) != patch_size or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive integer (pixels per patch side), "
+                             f"got {patch_size!r}")
+        patch_size = int(patch_size)
         grids = self.grids(sensor_data, patch_size)
         for label, g in grids.items():
             if g.hp > self.config.max_grid or g.wp > self.config.max_grid:
@@ -316,7 +332,8 @@ class Encoder(nn.Module):
         self.norm = make_norm(config, d)
 
     def token_ids(self, sensor_data, patch_size: int | None = None, gsd=None) -> TokenIds:
-        return self.tokenizer.token_ids(sensor_data, patch_size or self.patch_size, gsd)
+        p = self.patch_size if patch_size is None else patch_size
+        return self.tokenizer.token_ids(sensor_data, p, gsd)
 
     def rotations(self, ids: TokenIds) -> torch.Tensor:
         """Unit complex per-token rotations (N, hd/2); identity for type tokens."""
@@ -337,7 +354,7 @@ class Encoder(nn.Module):
         Returns (tokens, sensor_ids, spatial_ids, temporal_ids, layout) for the latest
         original's API, (tokens, sensor_ids, layout) for the v1 API (decoder == "v1").
         """
-        p = patch_size or self.patch_size
+        p = self.patch_size if patch_size is None else patch_size
         ids = self.tokenizer.token_ids(sensor_data, p, gsd)
         x = self.tokenizer(sensor_data, p)
         b, n, _ = x.shape
@@ -349,6 +366,7 @@ class Encoder(nn.Module):
         spatial_ids = ids.spatial.unsqueeze(0).expand(b, n, 2)
         temporal_ids = ids.time.unsqueeze(0).expand(b, n)
         if mask_indices is not None:
+            check_index_tensor("mask_indices", mask_indices, b, n)
             mi = mask_indices.long()
             x = gather_tokens(x, mi)
             rot = gather_tokens(rot, mi)

@@ -43,6 +43,22 @@ from torch_bridge.torch_model.layers import (
 VISIBLE, ABSENT = TokenState.VISIBLE, TokenState.ABSENT
 
 
+def check_visibility(mask, batch: int, n: int) -> torch.Tensor:
+    """visibility_mask: (B, N) integer TokenState values (0 VISIBLE, 1 TARGET_ONLY,
+    2 PREDICTED, 3 ABSENT) in tokenizer order -> the mask as int64."""
+    states = ", ".join(f"{int(s)} {s.name}" for s in TokenState)
+    if (not torch.is_tensor(mask) or mask.dtype == torch.bool or mask.is_floating_point()
+            or tuple(mask.shape) != (batch, n)):
+        got = (f"{mask.dtype} {tuple(mask.shape)}" if torch.is_tensor(mask)
+               else type(mask).__name__)
+        raise ValueError(f"visibility_mask must be a (B, N) = {(batch, n)} integer tensor of "
+                         f"token states ({states}), got {got}")
+    if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) > 3):
+        raise ValueError(f"visibility_mask: token states are {states}; got values from "
+                         f"{int(mask.min())} to {int(mask.max())}")
+    return mask.long()
+
+
 class _EmaMixin:
     """The EMA target's momentum schedule and update, and the persistent `_step` buffer
     (an int64 scalar, first in the state dict, as in the original)."""
@@ -112,17 +128,14 @@ class LatentPredictor(_EmaMixin, nn.Module):
                                     gsd, contrastive_only)
 
     def _forward_latest(self, sensor_data, mask, patch_size, months, gsd, contrastive_only):
-        p = patch_size or self.encoder.patch_size
+        p = self.encoder.patch_size if patch_size is None else patch_size
         ids = self.encoder.token_ids(sensor_data, p, gsd)
         n = ids.sensor.shape[0]
         b = next(iter(sensor_data.values())).shape[0]
         kw = dict(patch_size=p, month_indices=months, gsd=gsd)
         online_idx = None
         if mask is not None:
-            mask = mask.long()
-            if mask.shape != (b, n):
-                raise ValueError(f"visibility_mask must be (B, N) = {(b, n)}, "
-                                 f"got {tuple(mask.shape)}")
+            mask = check_visibility(mask, b, n)
             if not contrastive_only:
                 online_idx = quirks.padded_indices(mask == VISIBLE)
         encoded, _, enc_spatial, _, _ = self.encoder(sensor_data, mask_indices=online_idx, **kw)
@@ -202,9 +215,9 @@ class AutoEncoder(nn.Module):
             decoded = self.decoder(encoded, num)
         else:
             encoded, sid, spatial, temporal, _ = self.encoder(sensor_data, **kw)
-            mask = (visibility_mask.long() if visibility_mask is not None
-                    else torch.zeros_like(sid))
-            p = patch_size or self.encoder.patch_size
+            mask = (check_visibility(visibility_mask, *sid.shape)
+                    if visibility_mask is not None else torch.zeros_like(sid))
+            p = self.encoder.patch_size if patch_size is None else patch_size
             decoded = self.decoder(encoded, mask, sid, spatial, temporal, month_indices, p, gsd)
             if visibility_mask is not None:
                 decoded = gather_tokens(decoded, quirks.predicted_positions(mask))
@@ -249,9 +262,9 @@ class DualBranch(_EmaMixin, nn.Module):
             encoded, sid, spatial, temporal, _ = self.encoder(sensor_data, **kw)
             with torch.no_grad():
                 target_encoded = self.target_encoder(sensor_data, **kw)[0]
-            mask = (visibility_mask.long() if visibility_mask is not None
-                    else torch.zeros_like(sid))
-            p = patch_size or self.encoder.patch_size
+            mask = (check_visibility(visibility_mask, *sid.shape)
+                    if visibility_mask is not None else torch.zeros_like(sid))
+            p = self.encoder.patch_size if patch_size is None else patch_size
             args = (mask, sid, spatial, temporal, month_indices, p, gsd)
             latent = self.latent_decoder(encoded, *args)
             pixel = self.pixel_decoder(encoded, *args)
