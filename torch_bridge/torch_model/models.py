@@ -63,12 +63,24 @@ class _EmaMixin:
     """The EMA target's momentum schedule and update, and the persistent `_step` buffer
     (an int64 scalar, first in the state dict, as in the original)."""
 
-    def _init_ema(self, config: ModelConfig):
+    def _init_encoders(self, config: ModelConfig):
+        """`_step`, the online encoder and its frozen copy, the EMA target encoder (built
+        in the original's module order: the state-dict key order follows it)."""
         self.ema_momentum = config.ema_momentum
         self.ema_momentum_end = config.ema_momentum_end
         self.ema_warmup_steps = config.ema_warmup_steps
         self._ema_momentum = config.ema_momentum
         self.register_buffer("_step", torch.zeros((), dtype=torch.long))
+        self.encoder = Encoder(config)
+        self.target_encoder = _frozen_copy(self.encoder)
+
+    def _init_projections(self, config: ModelConfig):
+        """The online projection head and the target one (never trained: EMA only)."""
+        d = config.embed_dim
+        self.online_proj = ProjectionHead(d, d, config.projection_dim)
+        self.target_proj = ProjectionHead(d, d, config.projection_dim)
+        for p in self.target_proj.parameters():
+            p.requires_grad_(False)
 
     @torch.no_grad()
     def step_ema(self) -> float:
@@ -95,6 +107,14 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
     return target
 
 
+def _v1_targets(target_encoded: torch.Tensor, target_indices: torch.Tensor | None):
+    """(number of predictions, targets) of the v1 API: the target encoder's tokens at
+    target_indices (B, K), or all of them (and no prediction) without indices."""
+    if target_indices is None:
+        return 0, target_encoded
+    return target_indices.shape[1], gather_tokens(target_encoded, target_indices.long())
+
+
 class LatentPredictor(_EmaMixin, nn.Module):
     """Online encoder + EMA target encoder + decoder + projection heads."""
 
@@ -102,15 +122,9 @@ class LatentPredictor(_EmaMixin, nn.Module):
         super().__init__()
         check_dropout(dropout)
         self.config = config
-        self._init_ema(config)
-        d = config.embed_dim
-        self.encoder = Encoder(config)
-        self.target_encoder = _frozen_copy(self.encoder)
+        self._init_encoders(config)
         self.decoder = make_decoder(config)
-        self.online_proj = ProjectionHead(d, d, config.projection_dim)
-        self.target_proj = ProjectionHead(d, d, config.projection_dim)
-        for p in self.target_proj.parameters():
-            p.requires_grad_(False)
+        self._init_projections(config)
 
     def forward(self, sensor_data, *, visibility_mask=None, visible_indices=None,
                 target_indices=None, patch_size=None, month_indices=None, gsd=None,
@@ -178,12 +192,7 @@ class LatentPredictor(_EmaMixin, nn.Module):
         if contrastive_only:
             return {"online_proj": self.online_proj(encoded.mean(1)),
                     "target_proj": self.target_proj(target_encoded.mean(1)).detach()}
-        if target_indices is not None:
-            num_pred = target_indices.shape[1]
-            targets = gather_tokens(target_encoded, target_indices.long())
-        else:
-            num_pred = 0
-            targets = target_encoded
+        num_pred, targets = _v1_targets(target_encoded, target_indices)
         targets = targets.detach()
         predictions = self.decoder(encoded, num_pred)
         return {"predictions": predictions, "targets": targets,
@@ -231,17 +240,12 @@ class DualBranch(_EmaMixin, nn.Module):
         super().__init__()
         check_dropout(dropout)
         self.config = config
-        self._init_ema(config)
-        d = config.embed_dim
-        self.encoder = Encoder(config)
-        self.target_encoder = _frozen_copy(self.encoder)
+        self._init_encoders(config)
         self.latent_decoder = make_decoder(config)
         self.pixel_decoder = make_decoder(config)
-        self.pixel_head = PixelHead(d, config.layout.base_patch_size, config.pixel_channels)
-        self.online_proj = ProjectionHead(d, d, config.projection_dim)
-        self.target_proj = ProjectionHead(d, d, config.projection_dim)
-        for p in self.target_proj.parameters():
-            p.requires_grad_(False)
+        self.pixel_head = PixelHead(config.embed_dim, config.layout.base_patch_size,
+                                    config.pixel_channels)
+        self._init_projections(config)
 
     def forward(self, sensor_data, *, visibility_mask=None, visible_indices=None,
                 target_indices=None, patch_size=None, month_indices=None, gsd=None,
@@ -251,11 +255,7 @@ class DualBranch(_EmaMixin, nn.Module):
             encoded = self.encoder(sensor_data, mask_indices=visible_indices, **kw)[0]
             with torch.no_grad():
                 target_encoded = self.target_encoder(sensor_data, **kw)[0]
-            if target_indices is not None:
-                num = target_indices.shape[1]
-                targets = gather_tokens(target_encoded, target_indices.long())
-            else:
-                num, targets = 0, target_encoded
+            num, targets = _v1_targets(target_encoded, target_indices)
             latent = self.latent_decoder(encoded, num)
             pixel = self.pixel_decoder(encoded, num)
         else:
