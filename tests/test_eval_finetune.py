@@ -113,3 +113,78 @@ def test_segmentation_learns_per_pixel_classes(data):
     assert result.evaluate(valid) == pytest.approx(result.best_val)
     with pytest.raises(ValueError, match=r"needs \(N, H, W\) label maps"):
         ft.finetune(tiny_model(), data[0], data[1], config=config)
+
+
+def test_matches_torch_adamw_with_a_frozen_then_unfrozen_backbone():
+    """Per-epoch losses and the best state equal a run of torch.optim.AdamW (the reference's
+    optimizer) fed the same gradients: the backbone gets no gradient, hence no Adam state,
+    while frozen, and the learning rate drops to lr * 0.1 at the unfreeze."""
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+
+    from spacenit_jax.eval.linear_probe import init_probe_params
+
+    def split(name, n):
+        return feat.ArraySplit.from_dataset(SyntheticClassification(
+            name, num_samples=n, num_classes=4, image_size=16))
+
+    train, valid = split("train", 12), split("valid", 8)
+    config = ft.FinetuneConfig(num_classes=4, lr=5e-3, epochs=3, batch_size=8,
+                               eval_batch_size=8, seed=3)
+    model = tiny_model()
+    result = ft.finetune(model, train, valid, config=config)
+
+    # the oracle: JAX gradients of an independently written loss, torch AdamW steps
+    graphdef, backbone, rest = nnx.split(model.encoder, nnx.Param, ...)
+    opts = feat.EncodeOptions(model.cfg, config.patch_size, "mean")
+
+    @jax.jit
+    def loss_and_grads(params, images, labels, mask, rng):
+        def loss(params):
+            encoder = nnx.merge(graphdef, params["backbone"], rest)
+            x = feat.encode_and_pool(feat.FeatureParts(encoder), {train.sensor: images}, None,
+                                     opts, deterministic=False, rng=rng)
+            logp = jax.nn.log_softmax(x @ params["head"]["w"] + params["head"]["b"])
+            nll = -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
+            return jnp.sum(nll * mask) / jnp.sum(mask)
+
+        return jax.value_and_grad(loss)(params)
+
+    params = {"backbone": nnx.to_pure_dict(backbone),
+              "head": init_probe_params(config.seed, model.cfg.embed_dim, 4)}
+    leaves, treedef = jax.tree.flatten(params)
+    tensors = [torch.tensor(np.array(x), requires_grad=True) for x in leaves]
+    n_backbone = len(jax.tree.leaves(params["backbone"]))
+    opt = torch.optim.AdamW(tensors, lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=0.01)
+    n, bs = len(train), config.batch_size
+    losses, states = [], []
+    for epoch in range(config.epochs):
+        if epoch == config.freeze_epochs:
+            for group in opt.param_groups:
+                group["lr"] = config.lr * 0.1
+        order = np.random.default_rng([config.seed, epoch]).permutation(n)
+        order = np.concatenate([order, np.full(-n % bs, order[-1])])
+        epoch_losses = []
+        for i in range(len(order) // bs):
+            idx = order[i * bs:(i + 1) * bs]
+            mask = (np.arange(i * bs, (i + 1) * bs) < n).astype(np.float32)
+            rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), epoch), i)
+            current = jax.tree.unflatten(treedef, [jnp.asarray(t.detach().numpy())
+                                                   for t in tensors])
+            loss, grads = loss_and_grads(current, train.images[idx], train.labels[idx], mask,
+                                         rng)
+            for j, (t, g) in enumerate(zip(tensors, jax.tree.leaves(grads), strict=True)):
+                frozen = j < n_backbone and epoch < config.freeze_epochs
+                t.grad = None if frozen else torch.tensor(np.array(g))
+            opt.step()
+            epoch_losses.append(float(loss))
+        losses.append(np.mean(epoch_losses))
+        states.append([t.detach().numpy().copy() for t in tensors])
+
+    assert [h["backbone_trained"] for h in result.history] == [False, True, True]
+    np.testing.assert_allclose([h["train_loss"] for h in result.history], losses, rtol=1e-5)
+    best = jax.tree.unflatten(treedef, states[result.best_epoch])
+    got = {"backbone": result.best_state["backbone"],
+           "head": result.best_state["trainable"]["head"]}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, best)
