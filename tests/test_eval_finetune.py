@@ -11,6 +11,7 @@ from flax import nnx
 from spacenit_jax.eval import features as feat
 from spacenit_jax.eval import finetune as ft
 from spacenit_jax.eval.synthetic import SyntheticClassification, SyntheticSegmentation
+from spacenit_jax.eval.validation import EvalInputError
 
 CONFIG = ft.FinetuneConfig(num_classes=4, lr=5e-3, epochs=4, batch_size=16, eval_batch_size=8)
 
@@ -111,7 +112,8 @@ def test_segmentation_learns_per_pixel_classes(data):
     # one class everywhere scores mIoU ~1/9, random maps ~1/5
     assert result.best_val["miou"] > 0.8, result.history
     assert result.evaluate(valid) == pytest.approx(result.best_val)
-    with pytest.raises(ValueError, match=r"needs \(N, H, W\) label maps"):
+    with pytest.raises(EvalInputError, match=r"train split: labels must be \(N, H, W\) class maps "
+                                             r"for segmentation, got shape \(64,\)"):
         ft.finetune(tiny_model(), data[0], data[1], config=config)
 
 
