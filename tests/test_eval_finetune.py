@@ -1,6 +1,7 @@
 """Fine-tuning: learns a separable task, freezes then unfreezes, resumes exactly."""
 
 import math
+import re
 
 import jax
 import numpy as np
@@ -190,3 +191,115 @@ def test_matches_torch_adamw_with_a_frozen_then_unfrozen_backbone():
     got = {"backbone": result.best_state["backbone"],
            "head": result.best_state["trainable"]["head"]}
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, best)
+
+
+# a validation score over 40 epochs: rises, exact ties (accuracies repeat), a rise below the
+# relative threshold (0.60001 < 0.6 * 1.0001), drops and long plateaus (several reductions)
+PLATEAU_METRICS = (0.5, 0.6, 0.6, 0.60001, 0.6, 0.59, 0.6, 0.7, 0.7, 0.7, 0.7, 0.69, 0.7, 0.71,
+                   0.71, 0.71, 0.71, 0.71, 0.71, 0.71, 0.71, 0.71, 0.71, 0.71, 0.71, 0.71, 0.8,
+                   0.79, 0.78, 0.77, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8)
+
+
+def torch_plateau_lrs(metrics, config):
+    torch = pytest.importorskip("torch")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="max", factor=config.plateau_factor, patience=config.plateau_patience,
+        threshold=config.plateau_threshold, threshold_mode="rel",
+        cooldown=config.plateau_cooldown, min_lr=config.min_lr)
+    lrs = []
+    for m in metrics:
+        sched.step(m)
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs
+
+
+def our_plateau_lrs(metrics, config):
+    state, lr, lrs = ft.Plateau(), 1.0, []
+    for m in metrics:
+        state, lr = ft.plateau_step(state, m, lr, config)
+        lrs.append(lr)
+    return lrs
+
+
+def optax_plateau_lrs(metrics, config, patience):
+    import optax
+
+    tx = optax.contrib.reduce_on_plateau(factor=config.plateau_factor, patience=patience,
+                                         rtol=config.plateau_threshold,
+                                         cooldown=config.plateau_cooldown,
+                                         min_scale=config.min_lr)
+    state, lrs = tx.init(np.zeros(1, np.float32)), []
+    for m in metrics:  # optax minimises: fed the negated score
+        _, state = tx.update(np.zeros(1, np.float32), state, value=-m)
+        lrs.append(float(state.scale))
+    return lrs
+
+
+@pytest.mark.parametrize("cooldown", [10, 1])
+def test_plateau_equals_torch_reduce_lr_on_plateau(cooldown):
+    """The reference's ReduceLROnPlateau(mode max, factor 0.2, patience 2, min_lr 0,
+    cooldown 10), stepped once per epoch, against torch's own scheduler."""
+    config = ft.FinetuneConfig(plateau_cooldown=cooldown)
+    want = torch_plateau_lrs(PLATEAU_METRICS, config)
+    assert our_plateau_lrs(PLATEAU_METRICS, config) == want
+    assert len(set(want)) >= 3  # the sequence reduces at least twice
+
+
+def test_optax_reduce_on_plateau_differs_from_the_reference():
+    """Why fine-tuning keeps its own `plateau_step` (see its docstring)."""
+    config = ft.FinetuneConfig()
+    torch_lrs = torch_plateau_lrs(PLATEAU_METRICS, config)
+    # optax counts `patience` bad epochs, torch more than `patience`: patience + 1 aligns them
+    assert optax_plateau_lrs(PLATEAU_METRICS, config, config.plateau_patience + 1) != torch_lrs
+    # (1) negated, its relative test is "metric > best * (1 - rtol)": a flat score improves
+    flat = (0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6)
+    assert torch_plateau_lrs(flat, config)[-1] == pytest.approx(0.2)
+    assert optax_plateau_lrs(flat, config, config.plateau_patience + 1) == [1.0] * len(flat)
+    # (2) with the same patience it reduces one epoch earlier than torch
+    falling = (0.9, 0.8, 0.7, 0.6, 0.5)
+    assert torch_plateau_lrs(falling, config) == pytest.approx([1, 1, 1, 0.2, 0.2])
+    assert optax_plateau_lrs(falling, config, config.plateau_patience) == pytest.approx(
+        [1, 1, 0.2, 0.2, 0.2])
+
+
+def test_optimizer_state_starts_at_zero_like_optax_init():
+    """The host-built initial state equals the optax chain's own init (zeros), and the
+    learning rate lives in it."""
+    params = {"backbone": {"w": np.ones((3, 2), np.float32)},
+              "trainable": {"head": {"w": np.ones((2, 4), np.float32),
+                                     "b": np.ones(4, np.float32)}, "pool": {}}}
+    tx = ft.optimizer((0.9, 0.999, 1e-8, 0.01))
+    shapes = jax.eval_shape(tx.init, params)
+    zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+    assert jax.tree.structure(zeros) == jax.tree.structure(tx.init(params))
+    jax.tree.map(np.testing.assert_array_equal, zeros, tx.init(params))
+    state = ft.set_learning_rate({"params": params, "opt": zeros}, 2e-3)
+    assert ft.learning_rate(state) == pytest.approx(2e-3)
+    # frozen: no backbone update and no backbone Adam step; the head moves
+    grads = jax.tree.map(np.ones_like, params)
+    updates, opt = tx.update(grads, state["opt"], params, train_backbone=False)
+    assert not np.any(updates["backbone"]["w"]) and np.all(updates["trainable"]["head"]["w"])
+    backbone_adam = opt.inner_state.inner_states["backbone"].inner_state.inner_state[0]
+    assert int(backbone_adam.count) == 0
+    _, opt = tx.update(grads, opt, params, train_backbone=True)
+    backbone_adam = opt.inner_state.inner_states["backbone"].inner_state.inner_state[0]
+    assert int(backbone_adam.count) == 1
+
+
+def test_progress_shows_steps_eta_and_each_epochs_scores(capsys):
+    def split(name, n):
+        return feat.ArraySplit.from_dataset(SyntheticClassification(
+            name, num_samples=n, num_classes=4, image_size=16))
+
+    train, valid = split("train", 16), split("valid", 8)
+    config = ft.FinetuneConfig(num_classes=4, lr=5e-3, epochs=2, batch_size=8,
+                               eval_batch_size=8)
+    ft.finetune(tiny_model(), train, valid, config=config, progress=True)
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert re.match(r"finetune epoch 2/2: 100%\|.*\| 4/4 \[\d\d:\d\d<00:00, .*(step/s|s/step), "
+                    r"loss=\d\.\d{4}, val=\d\.\d{4}, lr=0\.0005\]", last), last
+    assert re.search(r"finetune epoch 1/2: +50%.*<\d\d:\d\d", err.replace("\r", "\n"))
+    ft.finetune(tiny_model(), train, valid, config=config, progress=False)
+    assert capsys.readouterr().err == ""

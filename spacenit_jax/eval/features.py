@@ -280,12 +280,14 @@ def _extract_batch(graphdef, state, images, months, opts: EncodeOptions):
 
 @dataclasses.dataclass
 class ArraySplit:
-    """A split held in memory: images (N, H, W, T, C) of one sensor, labels, months (N, T)."""
+    """A split held in memory: images (N, H, W, T, C) of one sensor, labels, months (N, T),
+    and the split's name for messages ("train", "valid", ...; "" when unknown)."""
 
     images: np.ndarray
     labels: np.ndarray
     sensor: str
     months: np.ndarray | None = None
+    name: str = ""
 
     def __post_init__(self):
         if self.images.ndim != 5 or self.images.shape[0] != self.labels.shape[0]:
@@ -299,7 +301,7 @@ class ArraySplit:
     def from_dataset(cls, dataset) -> ArraySplit:
         """Load a dataset of EvalSamples (GeoBench, synthetic) into memory."""
         images, labels, months, sensor = _stack(dataset, 0, len(dataset))
-        return cls(images, labels, sensor, months)
+        return cls(images, labels, sensor, months, str(getattr(dataset, "split", "") or ""))
 
 
 def _stack(data, start: int, stop: int):

@@ -301,13 +301,17 @@ class FinetuneResult:
     best_state: dict  # host arrays {"backbone", "trainable"}
     _runner: _Runner = dataclasses.field(repr=False)
 
-    def predict(self, data, *, split: str = "query") -> np.ndarray:
+    def predict(self, data, *, split: str | None = None) -> np.ndarray:
         """Predictions of the best state on `data` (an ArraySplit or a dataset of
-        EvalSamples): classes (N,), multi-hot (N, C) or class maps (N, H, W)."""
-        data = self._runner.check_query(_as_split(data), split)
-        return self._runner.predict(self.best_state, data, split)
+        EvalSamples): classes (N,), multi-hot (N, C) or class maps (N, H, W). split: its
+        name in messages (default: the data's own, else "query")."""
+        data = _as_split(data)
+        split = split or data.name or "query"
+        return self._runner.predict(self.best_state, self._runner.check_query(data, split),
+                                    split)
 
-    def evaluate(self, data, *, split: str = "query") -> dict[str, float]:
+    def evaluate(self, data, *, split: str | None = None) -> dict[str, float]:
+        """Scores of the best state on `data` (see `score`)."""
         data = _as_split(data)
         return score(self.predict(data, split=split), data.labels, self.config.task,
                      self.config.num_classes)
