@@ -30,7 +30,10 @@ module-level `jax.jit` with the model's graph definition as a static argument, s
 is compiled per (model structure, input shape, options) and reused by every extractor, every
 split and every in-loop evaluation of a run. The last batch is padded to the batch size by
 repeating its last sample and the padding is dropped, so a split needs one shape only.
-`tracing.trace_count("extract")` counts its traces.
+`tracing.trace_count("extract")` counts its traces. `extract` shows a progress bar
+(batches/s, ETA; advanced as batches finish on the device, without waiting for them) and
+checks the features it returns: a non-finite row raises validation.EvalInputError naming the
+split and the sample indices (and which of them had non-finite pixels).
 
 Single process only: with several JAX processes the outputs are gathered with
 `multihost_utils.process_allgather`, but every process must feed the same batches.
