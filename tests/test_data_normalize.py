@@ -1,4 +1,4 @@
-"""Normalisation against the spec's statistics (spec data §3, §2.5 steps 6-7)."""
+"""Normalisation with the original's statistics, missing values kept, NaN/Inf -> 0."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Per-band normalisation with the original's statistics (spec data §3, §2.5 steps 6-7).
+"""Per-band normalisation with the original's statistics.
 
 Two strategies, tried in this order per sensor (the original's dataset policy):
   COMPUTED   (norm_stats/computed.json, mean/std): y = (x - (mean - 2 std)) / (4 std),
@@ -12,9 +12,10 @@ ABSENT sensor is not touched, and NaN/+-Inf become 0 after standardisation. The
 arithmetic is float64 (NumPy promotion with Python-float statistics in the original)
 and the result is cast to the pipeline dtype.
 
-The JSON files are the spec's tables. Where the spec gives no sample count for a band
-(worldcover, srtm, era5_10, naip, naip_10) "count" and "var" are null; only mean/std are
-used. "var" is the original's accumulated sum of squared deviations (std**2 * count).
+The JSON files hold the original's norm_configs (computed.json, predefined.json). Where
+the sample count of a band is not known (worldcover, srtm, era5_10, naip, naip_10)
+"count" and "var" are null; only mean/std are used. "var" is the original's accumulated
+sum of squared deviations (std**2 * count), not a variance.
 """
 
 from __future__ import annotations

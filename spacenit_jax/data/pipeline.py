@@ -8,7 +8,8 @@ Determinism, with no state but the batch index:
 - batch b draws (patch_size, hw_p) from a counter-based hash (splitmix64) of
   (seed, b): patch size uniform over `patch_sizes`, then hw_p uniform over the crop
   sizes that fit the stored tile at that patch size (crop.allowed_hw). Every host
-  computes the same draw (the original draws per rank: quirk 7);
+  computes the same draw (the original draws per rank and per local batch, so ranks
+  may use different patch sizes in one step);
 - the global batch b holds B(hw) = k(hw) * R * num_processes consecutive positions of an
   endless record stream starting at offset(b) = sum of B over earlier batches
   (prefix sums cached in chunks, vectorised);
@@ -41,8 +42,9 @@ from typing import Any
 import numpy as np
 
 from spacenit_jax import sensors
-from spacenit_jax.data import augment, crop, masking, normalize, packing
-from spacenit_jax.data.h5 import H5FormatError, H5Source, Sample, full_window
+from spacenit_jax.data import augment, budget, crop, masking, normalize, packing, tokenize
+from spacenit_jax.data.h5 import H5FormatError, H5Source, Sample
+from spacenit_jax.data.plan import STREAM_COSTS, PackingPlan, align_up
 from spacenit_jax.tokenization import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class PipelineConfig:
     row_length: int | None = None  # L_t; None: smallest multiple of `align` >= max n(hw)
     online_length: int | None = None  # L_o; None: chosen by the plan
     decoder_length: int | None = None  # L_d; None: chosen by the plan
-    stream_costs: tuple[float, float, float] = packing.STREAM_COSTS
+    stream_costs: tuple[float, float, float] = STREAM_COSTS
     align: int = 8
     num_views: int = 2
     masking: Any = dataclasses.field(default_factory=lambda: dict(OFFICIAL_MASKING))
@@ -236,16 +238,16 @@ class BatchBuilder:
     """Global batch index -> this host's element (see module docstring)."""
 
     def __init__(self, cfg: PipelineConfig, layout: TokenLayout, source: H5Source,
-                 plan: packing.PackingPlan, schedule: BatchSchedule, process_index: int,
-                 process_count: int):
+                 plan: PackingPlan, strategy: masking.Strategy, schedule: BatchSchedule,
+                 process_index: int, process_count: int):
         self.cfg = cfg
         self.layout = layout
         self.source = source
         self.plan = plan
+        self.strategy = strategy  # the one the plan's stream lengths were sized for
         self.schedule = schedule
         self.process_index = process_index
         self.process_count = process_count
-        self.strategy = masking.build_masking(cfg.masking)
         self.transform = augment.build_transform(cfg.augmentation)
         self.pixel_dtype = pixel_dtype(cfg.dtype)
         self._perm: tuple[int, np.ndarray] | None = None
@@ -315,8 +317,8 @@ class BatchBuilder:
             for s, a, rng in zip(samples, arrays, rngs, strict=True):
                 masks = masking.mask_sample(self.layout, a, patch_size, self.strategy, rng, b)
                 months = np.clip(s.timestamps[:, 1], 0, 11)
-                prepared.append(packing.prepare_sample(self.layout, a, patch_size, months, masks,
-                                                       self.pixel_dtype))
+                prepared.append(tokenize.prepare_sample(self.layout, a, patch_size, months,
+                                                        masks, self.pixel_dtype))
             view, st = packing.pack_view(self.plan, self.layout, prepared, hw, self.pixel_dtype)
             name = "view_a" if v == 0 else "view_b"
             out[name] = view
@@ -372,7 +374,7 @@ def stored_tile_size(source: H5Source) -> int:
 class Pipeline:
     config: PipelineConfig
     layout: TokenLayout
-    plan: packing.PackingPlan
+    plan: PackingPlan
     builder: BatchBuilder
     allowed: dict[int, tuple[int, ...]]  # patch size -> crop sizes drawn with it
     dataset: Any  # grain.IterDataset
@@ -394,7 +396,7 @@ class Pipeline:
 
 def _ensure_flags_parsed() -> None:
     """Grain's worker processes read absl flags; outside absl.app.run they are unparsed
-    (UnparsedFlagAccessError, see spec/environment-notes.md): mark them parsed."""
+    and reading them raises UnparsedFlagAccessError: mark them parsed."""
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
@@ -439,15 +441,15 @@ def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0
     all_hw = sorted({h for v in allowed.values() for h in v})
     row_length = cfg.row_length
     if row_length is None:
-        row_length = packing.align_up(max(crop.token_count(layout, h, cfg.token_budget)
-                                          for h in all_hw), cfg.align)
-    plan = packing.PackingPlan.build(
+        row_length = align_up(max(budget.token_count(layout, h, cfg.token_budget)
+                                  for h in all_hw), cfg.align)
+    plan = PackingPlan.build(
         layout, cfg.token_budget, all_hw, cfg.rows, row_length, strategy,
         hw_distribution(allowed), cfg.stream_costs, cfg.align, cfg.online_length,
         cfg.decoder_length)
     pi, pn = _process(cfg)
     schedule = BatchSchedule(cfg.seed, allowed, {h: plan.samples_per_batch(h) * pn for h in all_hw})
-    builder = BatchBuilder(cfg, layout, source, plan, schedule, pi, pn)
+    builder = BatchBuilder(cfg, layout, source, plan, strategy, schedule, pi, pn)
     n = INFINITE_BATCHES if cfg.num_batches is None else int(cfg.num_batches)
     if not 0 <= start_batch < n:
         raise ValueError(f"start_batch {start_batch} not in [0, {n})")
@@ -459,8 +461,3 @@ def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0
         ids = ids.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
     return Pipeline(cfg, layout, plan, builder, allowed, ids)
-
-
-def read_full_sample(source: H5Source, i: int) -> Sample:
-    """Item i without crop (timesteps padded to >= 12), not normalised."""
-    return source.read(i, full_window)

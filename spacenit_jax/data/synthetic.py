@@ -27,7 +27,6 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -307,11 +306,3 @@ def _collect(results, present, latlons):
         for j, (p, ll) in enumerate(zip(pres, lls, strict=True)):
             present[start + j] = p
             latlons[start + j] = ll
-
-
-def make_default_dataset(root, num_samples: int = 2048, sensor_labels: Sequence[str] =
-                         sensors.OFFICIAL_SENSORS, seed: int = 0, tile_size: int = 64,
-                         workers: int | None = None) -> pathlib.Path:
-    """The pretraining default: zstd-3, 64x64 tiles, the official sensors."""
-    return make_dataset(root, SyntheticSpec(num_samples, tuple(sensor_labels), seed, tile_size),
-                        workers=workers)
