@@ -27,7 +27,8 @@ data, and Grain's iterator state (the next batch index) restores exactly.
 Bad samples: "raise" (default) stops with the file and reason; "skip" replaces the
 unreadable item by the next items of the same epoch permutation (perm_e[(p + j) % N],
 j = 1, 2, ...; that item then appears twice in the epoch), keeping the record's own RNG,
-and counts it in metrics["skipped"].
+and counts it in metrics["skipped"]. The start-up probe of the tile size follows the
+same policy (the first readable item is used).
 """
 
 from __future__ import annotations
@@ -351,23 +352,37 @@ def _process(cfg: PipelineConfig) -> tuple[int, int]:
     return i, n
 
 
-def stored_tile_size(source: H5Source) -> int:
-    """Base-grid tile edge of the data (from the first item's arrays)."""
-    import h5py
+def stored_tile_size(source: H5Source, bad_sample_policy: str = "raise",
+                     max_skip_tries: int = 16) -> int:
+    """Base-grid tile edge of the data, from the header of the first readable item.
 
-    path = source.file_path(0)
-    try:
-        with h5py.File(path, "r") as f:
-            h = source.read_header(f, path)
-    except OSError as e:
-        raise OSError(f"cannot open H5 sample file {path}: {e}") from None
-    if h.height != h.width:
-        raise H5FormatError(f"{path}: samples must be square, got {h.height}x{h.width}")
-    if source.info.tile_size is not None and source.info.tile_size != h.height:
-        raise H5FormatError(
-            f"{path}: the directory name says tile size {source.info.tile_size}, the sample "
-            f"is {h.height} pixels")
-    return h.height
+    Under bad_sample_policy "skip" unreadable items are passed over, as a batch would
+    (up to max_skip_tries of them); "raise", or no readable item, raises BadSampleError
+    naming each file and its error.
+    """
+    tries = 1 + (max_skip_tries if bad_sample_policy == "skip" else 0)
+    errors = []
+    for i in range(min(tries, len(source))):
+        try:
+            h = source.header(i)
+        except (OSError, H5FormatError) as e:
+            if bad_sample_policy == "raise":
+                raise BadSampleError(f"probing the tile size of {source.path} (dataset item "
+                                     f"{i}): {e}") from e
+            errors.append(str(e))
+            log.warning("skipping unreadable sample while probing the tile size: %s", e)
+            continue
+        if h.height != h.width:
+            raise H5FormatError(f"{h.path}: samples must be square, got {h.height}x{h.width}")
+        if source.info.tile_size is not None and source.info.tile_size != h.height:
+            raise H5FormatError(
+                f"{h.path}: the directory name says tile size {source.info.tile_size}, the "
+                f"sample is {h.height} pixels")
+        return h.height
+    raise BadSampleError(
+        f"probing the tile size of {source.path}: the first {len(errors)} dataset items are "
+        f"all unreadable (bad_sample_policy='skip', max_skip_tries={max_skip_tries}):\n"
+        + "\n".join(errors))
 
 
 @dataclasses.dataclass
@@ -428,7 +443,7 @@ def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0
     path = pathlib.Path(cfg.path)
     source = H5Source(path, layout.sensor_labels, "float32", cfg.filter_idx_file,
                       cfg.dataset_percentage, cfg.seed)
-    tile = stored_tile_size(source)
+    tile = stored_tile_size(source, cfg.bad_sample_policy, cfg.max_skip_tries)
     allowed = {}
     for p in cfg.patch_sizes:
         hws = crop.allowed_hw(cfg.hw_p_list, p, tile, layout, cfg.token_budget)
