@@ -8,8 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from spacenit_jax.data import h5, pipeline, synthetic
+from spacenit_jax.data import h5, masking, pipeline, synthetic, tokenize, value_ranges
 from spacenit_jax.model.config import make_config
+from spacenit_jax.sensors import MISSING_VALUE
 
 NANO = make_config("design_card", "nano").layout
 
@@ -63,3 +64,110 @@ def test_no_readable_sample_at_start_up(base_dir, tmp_path):
     with pytest.raises(pipeline.BadSampleError, match=r"first 3 dataset items are all "
                        r"unreadable.*max_skip_tries=2(.|\n)*sample_0\.h5(.|\n)*sample_2\.h5"):
         pipeline.make_pipeline(_cfg(d, bad_sample_policy="skip", max_skip_tries=2), NANO)
+
+
+def _record0_item(path, **kw) -> tuple[int, pathlib.Path]:
+    """The dataset item read first by batch 0, and its file."""
+    pl = pipeline.make_pipeline(_cfg(path, **kw), NANO)
+    item = int(pl.builder.permutation(0)[0])
+    return item, pathlib.Path(pl.source.file_path(item))
+
+
+WHOLE_TILE = dict(patch_sizes=(4,), hw_p_list=(4,))  # 16-pixel crops of 16-pixel tiles, 12 steps
+
+
+def test_synthetic_data_is_plausible(tmp_path):
+    labels = (*NANO.sensor_labels, "era5_10", "naip_10", "worldpop", "gse")
+    spec = synthetic.SyntheticSpec(6, labels, seed=4, tile_size=16, missing_sensor_prob=0.2)
+    src = h5.H5Source(synthetic.make_dataset(tmp_path, spec, workers=1), (*labels, "latlon"))
+    ranges = value_ranges.resolve_ranges(src.sensor_labels)
+    assert set(ranges) == set(src.sensor_labels) - {"openstreetmap_raster", "gse"}
+    for i in range(len(src)):
+        value_ranges.check_sample(src.read(i).arrays, ranges, src.file_path(i))
+
+
+def test_corrupt_zstd_chunk_is_a_bad_sample(base_dir, tmp_path):
+    d = _copy(base_dir, tmp_path)
+    item, path = _record0_item(d, **WHOLE_TILE)
+    with h5py.File(path, "r") as f:
+        ds = f["sentinel2_l2a"]
+        assert "32015" in str(ds._filters)  # the zstd filter (hdf5plugin)
+        good = ds[()]
+        chunk = ds.id.get_chunk_info(0)
+    raw = bytearray(path.read_bytes())
+    start = chunk.byte_offset + 100
+    raw[start:start + 2000] = bytes(2000)  # 2,000 zeroed bytes inside the chunk
+    path.write_bytes(bytes(raw))
+    with h5py.File(path, "r") as f:  # the format has no checksum: garbage, no error
+        bad = f["sentinel2_l2a"][()]
+    assert (bad != good).sum() > 1000 and bad.max() > 30000 >= good.max()
+    # "raise": the batch stops, naming the file, sensor, band and value
+    with pytest.raises(pipeline.BadSampleError,
+                       match=rf"{path.name}: sensor 'sentinel2_l2a' band 'B\w+': value \d+ at "
+                             r"index .* outside the plausible range \[0, 25000\]"):
+        pipeline.make_pipeline(_cfg(d, **WHOLE_TILE), NANO).batch(0)
+    # "skip": counted as a bad sample and replaced
+    pl = pipeline.make_pipeline(_cfg(d, bad_sample_policy="skip", **WHOLE_TILE), NANO)
+    e = pl.batch(0)
+    assert int(e["metrics"]["skipped"]) == 1 and int(e["num_samples"]) == pl.plan.k[4]
+    # without the check the garbage would train silently; a widened range lets it through
+    quiet = dict(WHOLE_TILE, value_ranges={"sentinel2_l2a": [0, 65535]})
+    assert int(pipeline.make_pipeline(_cfg(d, **quiet), NANO).batch(0)["metrics"]["skipped"]) == 0
+    off = dict(WHOLE_TILE, check_value_ranges=False)
+    assert int(pipeline.make_pipeline(_cfg(d, **off), NANO).batch(0)["metrics"]["skipped"]) == 0
+
+
+def test_value_range_config_errors():
+    with pytest.raises(ValueError, match=r"value_ranges\['srtm'\] must be"):
+        value_ranges.resolve_ranges(["srtm"], {"srtm": [1, 2, 3]})
+    with pytest.raises(ValueError, match=r"sensor 'era5_10': lo must be one number or 6"):
+        value_ranges.resolve_ranges(["era5_10"], {"era5_10": [[0, 1], 5]})
+    with pytest.raises(ValueError, match=r"sensor 'srtm': lo 10.0 > hi 0.0"):
+        value_ranges.resolve_ranges(["srtm"], {"srtm": {"lo": 10, "hi": 0}})
+    with pytest.raises(KeyError, match="unknown sensor 'dem'"):
+        value_ranges.resolve_ranges(["srtm"], {"dem": [0, 1]})
+    r = value_ranges.resolve_ranges(["srtm", "cdl"], {"cdl": None, "srtm": {"lo": 0, "hi": 10,
+                                                                            "nodata": [-1]}})
+    assert list(r) == ["srtm"] and r["srtm"][2].tolist() == [-1.0]
+    value_ranges.check_sample({"srtm": np.array([[0.0], [-1.0], [-99999.0]])}, r)
+    with pytest.raises(value_ranges.ImplausibleValueError, match=r"x\.h5: sensor 'srtm' band "
+                       r"'srtm': value nan at index \(1, 0\).*\(1 of 3 values"):
+        value_ranges.check_sample({"srtm": np.array([[0.0], [np.nan], [3.0]])}, r, "x.h5")
+
+
+def test_float16_cannot_hold_raw_values(base_dir, tmp_path):
+    # known at configuration time: raw S2 values reach 65535 (saturated), float16 65504
+    with pytest.raises(ValueError, match=r"data.dtype='float16' cannot hold sensor "
+                       r"'sentinel2_l2a' band 'B02': its plausible raw .* reach 65535"):
+        pipeline.make_pipeline(_cfg(base_dir, dtype="float16", normalize=False), NANO)
+    # normalised values fit, and every packed pixel is finite
+    e = pipeline.make_pipeline(_cfg(base_dir, dtype="float16", **WHOLE_TILE), NANO).batch(0)
+    for p in e["view_a"].patches.values():
+        assert p.dtype == np.float16 and np.isfinite(p).all()
+    # with S2 and Landsat unchecked the configuration passes, and the sample holding 65535
+    # stops the batch, named, instead of becoming +inf
+    d = _copy(base_dir, tmp_path)
+    item, path = _record0_item(d, **WHOLE_TILE)
+    with h5py.File(path, "r+") as f:
+        f["sentinel2_l2a"][...] = 65535
+    unchecked = dict(WHOLE_TILE, dtype="float16", normalize=False,
+                     value_ranges={"sentinel2_l2a": None, "landsat": None})
+    with pytest.raises(tokenize.PixelDtypeError, match=rf"{path.name}: sensor 'sentinel2_l2a' "
+                       r"\(group sentinel2_l2a__g0\): pixel value 65535 does not fit the pixel "
+                       r"dtype float16"):
+        pipeline.make_pipeline(_cfg(d, **unchecked), NANO).batch(0)
+
+
+def test_float16_partly_missing_patch():
+    layout = make_config("design_card", "nano", sensor_labels=("sentinel1",)).layout
+    x = np.zeros((4, 4, 1, 2), np.float32)
+    x[:2, :2] = MISSING_VALUE  # a quarter of the one 4x4 patch is missing
+    ms = masking.mask_sample(layout, {"sentinel1": x}, 4, masking.NoMasking(),
+                             np.random.default_rng(0))
+    with pytest.raises(tokenize.PixelDtypeError, match=r"s\.h5: sensor 'sentinel1' .*value "
+                       r"-\d+ \(from the missing-value fill -99999 of a partly missing patch\)"):
+        tokenize.prepare_sample(layout, {"sentinel1": x}, 4, None, ms, np.float16, "s.h5")
+    x[:] = MISSING_VALUE  # entirely missing: ABSENT, never packed, no error
+    ms = masking.mask_sample(layout, {"sentinel1": x}, 4, masking.NoMasking(),
+                             np.random.default_rng(0))
+    tokenize.prepare_sample(layout, {"sentinel1": x}, 4, None, ms, np.float16, "s.h5")

@@ -27,8 +27,12 @@ data, and Grain's iterator state (the next batch index) restores exactly.
 Bad samples: "raise" (default) stops with the file and reason; "skip" replaces the
 unreadable item by the next items of the same epoch permutation (perm_e[(p + j) % N],
 j = 1, 2, ...; that item then appears twice in the epoch), keeping the record's own RNG,
-and counts it in metrics["skipped"]. The start-up probe of the tile size follows the
-same policy (the first readable item is used).
+and counts it in metrics["skipped"]. A sample is bad when it cannot be read or when a
+stored value lies outside its sensor's plausible range (`value_ranges`: a corrupt
+compressed chunk decodes without error into garbage). The start-up probe of the tile
+size follows the same policy (the first readable item is used). A pixel dtype that
+cannot hold the data (float16 and raw values above 65504) is refused by make_pipeline,
+and a value that still overflows it raises, whatever the policy.
 """
 
 from __future__ import annotations
@@ -43,7 +47,16 @@ from typing import Any
 import numpy as np
 
 from spacenit_jax import sensors
-from spacenit_jax.data import augment, budget, crop, masking, normalize, packing, tokenize
+from spacenit_jax.data import (
+    augment,
+    budget,
+    crop,
+    masking,
+    normalize,
+    packing,
+    tokenize,
+    value_ranges,
+)
 from spacenit_jax.data.h5 import H5FormatError, H5Source, Sample
 from spacenit_jax.data.plan import STREAM_COSTS, PackingPlan, align_up
 from spacenit_jax.tokenization import TokenLayout
@@ -87,6 +100,11 @@ class PipelineConfig:
     prefetch: int = 2
     bad_sample_policy: str = "raise"
     max_skip_tries: int = 16
+    # Stored values outside their sensor's plausible range (value_ranges.PLAUSIBLE_RANGES)
+    # make a sample bad (likely corruption); value_ranges overrides them per sensor:
+    # {label: [lo, hi] | {"lo", "hi", "nodata"} | None (not checked)}.
+    check_value_ranges: bool = True
+    value_ranges: Any = dataclasses.field(default_factory=dict)
     dtype: str = "float32"  # pixel buffers: float32 | bfloat16 | float16
     num_batches: int | None = None  # None: endless
     process_index: int | None = None  # None: jax.process_index()
@@ -114,6 +132,7 @@ class PipelineConfig:
             object.__setattr__(self, "masking", _plain(self.masking))
         if isinstance(self.augmentation, Mapping):
             object.__setattr__(self, "augmentation", _plain(self.augmentation))
+        object.__setattr__(self, "value_ranges", _plain(self.value_ranges or {}))
 
     @classmethod
     def from_config_dict(cls, cd) -> PipelineConfig:
@@ -240,7 +259,7 @@ class BatchBuilder:
 
     def __init__(self, cfg: PipelineConfig, layout: TokenLayout, source: H5Source,
                  plan: PackingPlan, strategy: masking.Strategy, schedule: BatchSchedule,
-                 process_index: int, process_count: int):
+                 process_index: int, process_count: int, ranges: value_ranges.Resolved):
         self.cfg = cfg
         self.layout = layout
         self.source = source
@@ -249,6 +268,7 @@ class BatchBuilder:
         self.schedule = schedule
         self.process_index = process_index
         self.process_count = process_count
+        self.ranges = ranges  # plausible values per checked sensor ({}: no check)
         self.transform = augment.build_transform(cfg.augmentation)
         self.pixel_dtype = pixel_dtype(cfg.dtype)
         self._perm: tuple[int, np.ndarray] | None = None
@@ -286,7 +306,8 @@ class BatchBuilder:
             try:
                 s = self.source.read(item, lambda h, rng=rng: crop.choose_window(
                     h, hw, patch_size, t_out, rng, self.cfg.patchwise_crop))
-            except (OSError, H5FormatError) as e:
+                value_ranges.check_sample(s.arrays, self.ranges, s.path)
+            except (OSError, H5FormatError, value_ranges.ImplausibleValueError) as e:
                 if self.cfg.bad_sample_policy == "raise":
                     raise BadSampleError(
                         f"record position {position} (dataset item {item}, file "
@@ -319,7 +340,7 @@ class BatchBuilder:
                 masks = masking.mask_sample(self.layout, a, patch_size, self.strategy, rng, b)
                 months = np.clip(s.timestamps[:, 1], 0, 11)
                 prepared.append(tokenize.prepare_sample(self.layout, a, patch_size, months,
-                                                        masks, self.pixel_dtype))
+                                                        masks, self.pixel_dtype, s.path))
             view, st = packing.pack_view(self.plan, self.layout, prepared, hw, self.pixel_dtype)
             name = "view_a" if v == 0 else "view_b"
             out[name] = view
@@ -440,6 +461,11 @@ def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0
     if tuple(labels) != tuple(layout.sensor_labels):
         raise ValueError(f"data sensor_labels {list(labels)} differ from the model layout's "
                          f"{list(layout.sensor_labels)}")
+    ranges = value_ranges.resolve_ranges(layout.sensor_labels, cfg.value_ranges)
+    why = value_ranges.dtype_range_error(layout.sensor_labels, ranges, cfg.normalize,
+                                         pixel_dtype(cfg.dtype))
+    if why:
+        raise ValueError(why)
     path = pathlib.Path(cfg.path)
     source = H5Source(path, layout.sensor_labels, "float32", cfg.filter_idx_file,
                       cfg.dataset_percentage, cfg.seed)
@@ -464,7 +490,8 @@ def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0
         cfg.decoder_length)
     pi, pn = _process(cfg)
     schedule = BatchSchedule(cfg.seed, allowed, {h: plan.samples_per_batch(h) * pn for h in all_hw})
-    builder = BatchBuilder(cfg, layout, source, plan, strategy, schedule, pi, pn)
+    builder = BatchBuilder(cfg, layout, source, plan, strategy, schedule, pi, pn,
+                           ranges if cfg.check_value_ranges else {})
     n = INFINITE_BATCHES if cfg.num_batches is None else int(cfg.num_batches)
     if not 0 <= start_batch < n:
         raise ValueError(f"start_batch {start_batch} not in [0, {n})")

@@ -171,7 +171,8 @@ def _space(label: str, field: np.ndarray, rng: np.random.Generator, m: int) -> n
         return np.where(field[..., None] > thr, 100, 0).astype(np.uint8)[:, :, None]
     if label == "srtm":
         base = rng.uniform(0, 2500)
-        return (base + 250 * field).astype(np.int16)[..., None, None]
+        # within value_ranges' plausible elevations (the lowest land is ~-430 m)
+        return np.clip(base + 250 * field, -400, 8800).astype(np.int16)[..., None, None]
     if label == "openstreetmap_raster":
         out = np.zeros((size, size, 1, c), np.uint8)
         for k in rng.choice(c, 4, replace=False):  # a few classes present per sample

@@ -69,6 +69,19 @@ def _tokens(layout: TokenLayout, grids: tuple) -> SampleTokens:
     return ids
 
 
+class PixelDtypeError(ValueError):
+    """A pixel value does not fit the pipeline's pixel dtype (it would become +-inf)."""
+
+
+@functools.cache
+def _dtype_limit(dtype) -> float | None:
+    """Largest finite value of a float dtype narrower than float32, else None."""
+    import ml_dtypes
+
+    limit = float(ml_dtypes.finfo(dtype).max)
+    return limit if limit < float(np.finfo(np.float32).max) else None
+
+
 class PreparedSample(NamedTuple):
     """One masked sample as tokens in tokenizer order (type tokens included)."""
 
@@ -81,7 +94,7 @@ class PreparedSample(NamedTuple):
 
 def prepare_sample(layout: TokenLayout, arrays: Mapping[str, np.ndarray], patch_size: int,
                    months: np.ndarray | None, masks: Sequence[SensorMask],
-                   dtype=np.float32) -> PreparedSample:
+                   dtype=np.float32, source: str = "") -> PreparedSample:
     """Cut patches (resized to P0), compute ids, month features and position scales.
 
     arrays: channel-last sensor arrays of one sample (H, W, T, C) at `patch_size`.
@@ -89,7 +102,9 @@ def prepare_sample(layout: TokenLayout, arrays: Mapping[str, np.ndarray], patch_
     masks: `masking.mask_sample(layout, arrays, patch_size, ...)` for these arrays: each
         sensor's token grid (computed there, once) and token states. The patches of a
         sensor whose tokens are all ABSENT are not computed (none of them is packed).
-    dtype: dtype of the returned patches.
+    dtype: dtype of the returned patches. When it is narrower than float32 (float16), a
+        packed token whose pixels overflow it raises PixelDtypeError naming `source`
+        (the sample's file), the sensor and the value.
     """
     grids, patches = {}, {}
     by_label = {m.label: m for m in masks}
@@ -105,8 +120,14 @@ def prepare_sample(layout: TokenLayout, arrays: Mapping[str, np.ndarray], patch_
         # masking.sensor_geometry has checked that the pixels are whole patches, so the
         # cut yields exactly the geometry's grid.
         pt, _ = sensor_patches(layout, label, arrays[label], patch_size, temporal, xp=FAST_NP)
-        for key, p in pt.items():
-            patches[key] = p.astype(dtype, copy=False)
+        for gi, (key, p) in enumerate(pt.items()):
+            if _dtype_limit(dtype) is None:
+                patches[key] = p.astype(dtype, copy=False)
+                continue
+            with np.errstate(over="ignore"):  # checked just below
+                patches[key] = p.astype(dtype, copy=False)
+            _check_overflow(label, key, gi, m, p, patches[key], dtype, source,
+                            bool(np.any(arrays[label] == sensors.MISSING_VALUE)))
     ids = _tokens(layout, tuple(grids.items()))
     states = visibility_vector(masks)
     month = np.asarray(month_sincos(months, ids.time), np.float32)
@@ -115,3 +136,24 @@ def prepare_sample(layout: TokenLayout, arrays: Mapping[str, np.ndarray], patch_
     return PreparedSample(patches, ids, states, month, scales[ids.sensor])
 
 
+def _check_overflow(label: str, key: str, gi: int, m: SensorMask, p: np.ndarray,
+                    q: np.ndarray, dtype, source: str, has_fill: bool) -> None:
+    """Raise if a patch of a packed (non-ABSENT) token became non-finite in `dtype`."""
+    finite = np.isfinite(q).all(axis=-1)
+    if finite.all():
+        return
+    geo = m.geometry
+    # token states of this group, in patch order (t * Hp + r) * Wp + c
+    st = m.states.reshape(geo.t, geo.g, geo.hp * geo.wp)[:, gi].reshape(-1)
+    bad = ~finite & (st != ABSENT)
+    if not bad.any():
+        return  # only tokens that are never packed
+    row = p[np.flatnonzero(bad)[0]]
+    value = float(row[np.argmax(np.abs(row))])
+    limit = _dtype_limit(dtype)
+    why = (f" (from the missing-value fill {sensors.MISSING_VALUE} of a partly missing "
+           "patch)" if has_fill and value <= sensors.MISSING_VALUE / 2 else "")
+    raise PixelDtypeError(
+        f"{source + ': ' if source else ''}sensor {label!r} (group {key}): pixel value "
+        f"{value:g}{why} does not fit the pixel dtype {np.dtype(dtype).name} (|x| <= "
+        f"{limit:g}); use float32 or bfloat16")
