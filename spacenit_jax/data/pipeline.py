@@ -500,6 +500,8 @@ def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0
                                                prefetch_buffer_size=cfg.prefetch))
     if cfg.num_workers > 0:
         _ensure_flags_parsed()
-        ids = ids.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+        from spacenit_jax.data.shared_memory import ReleasingIterDataset
+
+        ids = ReleasingIterDataset(ids.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size)))
     return Pipeline(cfg, layout, plan, builder, allowed, ids)
