@@ -8,6 +8,7 @@ Modules, one job each, in the order a sample goes through them:
   synthetic  generated datasets written with h5.write
   budget     token arithmetic: token grids, token budget -> timesteps, per-crop counts
   crop       which crop sizes fit a tile, which window of a sample is read
+  value_ranges  plausible stored values per sensor (corrupt samples, pixel dtypes)
   normalize  per-band normalisation with the original's statistics
   augment    dihedral / CutMix / sensor dropout on per-sample arrays
   masking    masking strategies and per-sample token states
@@ -15,6 +16,7 @@ Modules, one job each, in the order a sample goes through them:
   plan       the packing plan: rows, stream lengths, samples per row per crop size
   packing    prepared samples -> one fixed-shape PackedView
   pipeline   the Grain pipeline: batch index -> this host's packed batch
+  shared_memory  Grain worker shared memory released deterministically
 `PipelineConfig` and `make_pipeline` are re-exported lazily so that importing e.g.
 `spacenit_jax.data.h5` does not import Grain.
 """
