@@ -312,14 +312,15 @@ class BatchBuilder:
                     raise BadSampleError(
                         f"record position {position} (dataset item {item}, file "
                         f"{self.source.file_path(item)}): {e}") from e
-                errors.append(f"{self.source.file_path(item)}: {e}")
-                log.warning("skipping unreadable sample (record position %d): %s", position,
+                path = self.source.file_path(item)
+                errors.append(str(e) if path in str(e) else f"{path}: {e}")
+                log.warning("skipping bad sample (record position %d): %s", position,
                             errors[-1])
                 continue
             s.arrays = normalize.normalize_sample(s.arrays, self.source.dtype, self.cfg.normalize)
             return s, j
         raise BadSampleError(
-            f"record position {position}: {len(errors)} consecutive unreadable samples "
+            f"record position {position}: {len(errors)} consecutive bad samples "
             f"(bad_sample_policy='skip', max_skip_tries={self.cfg.max_skip_tries}):\n"
             + "\n".join(errors))
 
