@@ -29,14 +29,16 @@ overrides the config's mode. Fine-tuning checkpoints each epoch under
 --save-features DIR writes DIR/<task>/<split>.npz (`features`, `labels`), the format that
 --features reads. Each .npz holds `features` (N, D), or (N, T, D) patch tokens of a dense
 task, and `labels`: (N,) integer classes, (N, C) multi-hot (multilabel), (N, H, W) integer
-maps (segmentation, -1 = ignore) or float targets (regression: (N, K), (N, H, W[, K]);
-NaN = missing). kNN uses the train features as its database and scores the eval features.
-The linear probe selects its hyperparameter (C, alpha or lr by recipe: --cs, --alphas,
---lrs; default the recipe's grid) on validation data: the --val-features file when given,
-otherwise --val-fraction of the train rows, drawn with numpy's default_rng(--seed) and not
-trained on. `accuracy` (classification, multilabel: micro-F1) or `score` is the primary
-score on --eval-features. Probes show a progress bar with ETA on a terminal (--progress /
---noprogress to force).
+maps (segmentation, -1 = ignore) or float targets (regression: (N, K), (N, H, W[, K])).
+The inputs are checked first (eval/validation.py: finite values, consistent shapes, labels
+in range; one error line naming the file, split and rows). kNN uses the train features as
+its database and scores the eval features. The linear probe selects its hyperparameter
+(C, alpha or lr by recipe: --cs, --alphas, --lrs; default the recipe's grid; without
+--recipe, a grid flag chooses its recipe) on validation data: the --val-features file when
+given, otherwise --val-fraction of the train rows, drawn with numpy's default_rng(--seed)
+and not trained on. `accuracy` (classification, multilabel: micro-F1) or `score` is the
+primary score on --eval-features. Probes show a progress bar with ETA on a terminal
+(--progress / --noprogress to force).
 """
 
 from __future__ import annotations
@@ -228,7 +230,7 @@ def _floats(values, flag: str):
 
 
 def run_features_mode(args) -> dict:
-    from spacenit_jax.eval import knn, linear_probe
+    from spacenit_jax.eval import knn, linear_probe, validation
 
     args.mode = args.mode or "knn"
     if args.mode == "finetune":
@@ -242,6 +244,11 @@ def run_features_mode(args) -> dict:
         raise ValueError(f"train ({train_x.shape}, {train_y.dtype} {train_y.shape}) and eval "
                          f"({eval_x.shape}, {eval_y.dtype} {eval_y.shape}) arrays describe "
                          "different tasks")
+    dense = task == "regression" and train_x.ndim == 3
+    validation.check_eval_inputs({"train": (train_x, train_y), "eval": (eval_x, eval_y)},
+                                 task=task, num_classes=args.num_classes,
+                                 sources={"train": args.features, "eval": args.eval_features},
+                                 dense=dense)
     if task == "regression":
         num_classes = args.num_classes or (train_y.shape[-1] if train_y.ndim in (2, 4) else 1)
     elif task == "multilabel":
@@ -264,6 +271,10 @@ def run_features_mode(args) -> dict:
     else:
         if args.val_features:
             val_x, val_y = load_npz(args.val_features, "--val-features")
+            validation.check_eval_inputs(
+                {"train": (train_x, train_y), "valid": (val_x, val_y)}, task=task,
+                num_classes=args.num_classes,
+                sources={"train": args.features, "valid": args.val_features})
             val_source = f"file {args.val_features}"
         else:
             train_x, train_y, val_x, val_y = carve_validation(train_x, train_y,
@@ -272,12 +283,15 @@ def run_features_mode(args) -> dict:
                           f"{args.val_fraction}, seed {args.seed})")
         grids = {"cs": _floats(args.cs, "cs"), "alphas": _floats(args.alphas, "alphas"),
                  "lrs": _floats(args.lrs, "lrs")}
+        given = [k for k, v in grids.items() if v is not None]
+        recipe = args.recipe
+        if recipe is None and len(given) == 1:  # a grid flag names its recipe
+            recipe = {"cs": "lbfgs", "alphas": "ridge", "lrs": "reference_adamw"}[given[0]]
         config = linear_probe.ProbeConfig(
-            task=task, num_classes=num_classes, recipe=args.recipe,
+            task=task, num_classes=num_classes, recipe=recipe,
             **{k: v for k, v in grids.items() if v is not None},
             max_iter=args.max_iter, epochs=args.epochs, batch_size=args.batch_size,
             eval_interval=args.eval_interval, seed=args.seed)
-        given = [k for k, v in grids.items() if v is not None]
         wrong = [k for k in given if k != {"C": "cs", "alpha": "alphas", "lr": "lrs"}[
             config.grid_name]]
         if wrong:

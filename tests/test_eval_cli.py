@@ -58,7 +58,7 @@ def test_linear_probe_mode_selects_on_a_carved_validation_split(npz, capsys):
     assert result["accuracy"] == 1.0 and result["iterations"] < 1000
     assert set(result["val_accuracy_per_C"]) == {"0.1", "1"}
     assert evaluate.main(["--features", npz[0], "--eval-features", npz[1], "--mode",
-                          "linear_probe", "--lrs=0.1"]) == 2
+                          "linear_probe", "--recipe=lbfgs", "--lrs=0.1"]) == 2
     assert "--lrs does not apply to recipe 'lbfgs'" in capsys.readouterr().err
 
 

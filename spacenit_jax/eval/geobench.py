@@ -100,7 +100,7 @@ import numpy._core.multiarray as _np_multiarray  # numpy >= 2 module paths
 import numpy._core.numeric as _np_numeric
 
 from spacenit_jax import sensors
-from spacenit_jax.data.normalize import band_range, normalize_array
+from spacenit_jax.data.normalize import band_range
 from spacenit_jax.eval import normalization
 from spacenit_jax.eval.samples import DEFAULT_TIMESTAMPS, EvalSample, stack_samples
 
@@ -840,12 +840,11 @@ class GeoBenchDataset:
     def normalize(self, image: np.ndarray, band_names: list[str | None]) -> np.ndarray:
         """Normalise a raw (..., C) image whose channels came from `band_names`."""
         if self._method is None:
-            return normalize_array(self.sensor, image, np.float64)
+            return normalization.normalize_image(image, self.sensor, normalization.PRETRAINED)
         if self._method.kind == "none":
             return np.asarray(image, np.float64)
-        s = self._dataset_stats(band_names)
-        return normalization.apply_dataset_norm(image, self._method, s["mean"], s["std"],
-                                                s["min"], s["max"])
+        return normalization.normalize_image(image, self.sensor, self._method,
+                                             self._dataset_stats(band_names))
 
     def __getitem__(self, index: int) -> EvalSample:
         name = self.names[index]

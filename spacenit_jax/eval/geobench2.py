@@ -60,7 +60,7 @@ import h5py
 import numpy as np
 
 from spacenit_jax import sensors
-from spacenit_jax.data.normalize import normalize_array
+from spacenit_jax.eval import normalization
 from spacenit_jax.eval.samples import EvalSample, stack_samples
 
 SPLITS = ("train", "valid", "test")
@@ -475,7 +475,8 @@ class GeoBench2Dataset:
     @staticmethod
     def _finish(image: np.ndarray, spec: InputSpec) -> np.ndarray:
         """Pretraining normalisation (MISSING_VALUE kept, NaN -> 0), float32."""
-        return normalize_array(spec.sensor, image, np.float32)
+        return normalization.normalize_image(image, spec.sensor,
+                                             normalization.PRETRAINED).astype(np.float32)
 
     def load_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return stack_samples(self)

@@ -15,7 +15,7 @@ Three recipes (`ProbeConfig.recipe`), each reported with the score it produced:
 - "ridge" (default for regression): closed-form L2-regularised least squares,
   minimising sum of squared errors + alpha ||W||^2 (scikit-learn's Ridge objective, bias
   not penalised), solved in float64 on the host from X^T X accumulated on the device,
-  for every alpha of `alphas`; the best validation RMSE wins. NaN targets are missing values: they drop out of their output's equations.
+  for every alpha of `alphas`; the best validation RMSE wins.
 - "reference_adamw": the original's recipe, kept for comparability with published numbers
   (it stops before convergence: on scikit-learn's digits, 2.4 points below the converged
   logistic regression). Classification probe BatchNorm1d(D) -> Linear(D, C): the features
@@ -37,7 +37,7 @@ dense regression: Linear(D, C*s*s) per patch token, s = int(sqrt(H*W / T)); each
 output is read as (C, s, s), placed at its patch (tokens row-major over the Hp x Wp grid),
 and the map is resized bilinearly with align_corners=True to the label size if it differs.
 Labels: (N,) classes, (N, C) multi-hot, (N, H, W) class maps with -1 = ignore, regression
-targets (N, K) or (N, H, W, K) (or (N,) / (N, H, W) for one output) with NaN = missing.
+targets (N, K) or (N, H, W, K) (or (N,) / (N, H, W) for one output), finite.
 Scores: accuracy, micro-F1 (+ exact match), mIoU (+ accuracies, macro-F1), RMSE (+ MAE;
 lower is better).
 """
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spacenit_jax.eval import metrics
+from spacenit_jax.eval import metrics, validation
 
 RECIPES = ("lbfgs", "ridge", "reference_adamw")
 TASKS = ("classification", "multilabel", "segmentation", "regression")
@@ -646,50 +646,37 @@ def _fit_lbfgs(grid, train_x, train_y, val_x, val_y, standardizer, config, geome
 # --------------------------------------------------------------------------- ridge
 
 
-@partial(jax.jit, static_argnames=("per_column",))
-def _gram(xs, ys, masks, standardizer, *, per_column: bool):
-    """Sufficient statistics of weighted least squares with a bias column, chunk by chunk:
-    G (D+1, D+1) or (K, D+1, D+1) per output column, X^T y (K, D+1), and the number of
-    finite targets per column."""
+@jax.jit
+def _gram(xs, ys, masks, standardizer):
+    """Sufficient statistics of least squares with a bias column, chunk by chunk:
+    G = Z^T Z (D+1, D+1) and Z^T y (K, D+1), Z the standardised features and a ones column."""
     mean, inv_std = standardizer
     d, k = xs.shape[-1], ys.shape[-1]
     hp = jax.lax.Precision.HIGHEST
 
     def body(acc, inputs):
-        g, xty, n = acc
+        g, zty = acc
         x, y, m = inputs
         z = (x - mean) * inv_std
         z = jnp.concatenate([z, jnp.ones(z.shape[:-1] + (1,), z.dtype)], axis=-1)
-        valid = jnp.isfinite(y) & m[:, None]
-        w = valid.astype(jnp.float32)
-        yv = jnp.where(valid, y, 0.0)
-        if per_column:
-            g = g + jnp.einsum("rk,ri,rj->kij", w, z, z, precision=hp)
-        else:
-            g = g + jnp.einsum("r,ri,rj->ij", w[:, 0], z, z, precision=hp)
-        return (g, xty + jnp.einsum("rk,ri->ki", yv, z, precision=hp), n + w.sum(0)), None
+        z = jnp.where(m[:, None], z, 0.0)  # padded rows add nothing
+        g = g + jnp.einsum("ri,rj->ij", z, z, precision=hp)
+        return (g, zty + jnp.einsum("rk,ri->ki", jnp.where(m[:, None], y, 0.0), z,
+                                    precision=hp)), None
 
-    g0 = jnp.zeros((k, d + 1, d + 1) if per_column else (d + 1, d + 1), jnp.float32)
-    init = (g0, jnp.zeros((k, d + 1), jnp.float32), jnp.zeros((k,), jnp.float32))
+    init = (jnp.zeros((d + 1, d + 1), jnp.float32), jnp.zeros((k, d + 1), jnp.float32))
     out, _ = jax.lax.scan(body, init, (xs, ys, masks))
     return out
 
 
-def _ridge_solutions(g: np.ndarray, xty: np.ndarray, alphas) -> np.ndarray:
+def _ridge_solutions(g: np.ndarray, zty: np.ndarray, alphas) -> np.ndarray:
     """(n_alphas, D+1, K) minimisers of ||Z w - y||^2 + alpha ||w[:D]||^2 (bias free)."""
-    g, xty = np.asarray(g, np.float64), np.asarray(xty, np.float64)
-    d1, k = xty.shape[1], xty.shape[0]
-    penalty = np.ones(d1)
+    g, zty = np.asarray(g, np.float64), np.asarray(zty, np.float64)
+    penalty = np.ones(g.shape[0])
     penalty[-1] = 0.0
-    out = np.empty((len(alphas), d1, k))
-    grams = [g] * k if g.ndim == 2 else list(g)
-    cols = [list(range(k))] if g.ndim == 2 else [[j] for j in range(k)]
-    for gram, idx in zip(grams[:len(cols)], cols, strict=True):
-        for a, alpha in enumerate(alphas):
-            a_mat = gram + alpha * np.diag(penalty)
-            # lstsq: a column without any target, or a singular bias block, still solves
-            out[a][:, idx] = np.linalg.lstsq(a_mat, xty[idx].T, rcond=None)[0]
-    return out
+    # lstsq: a singular system (e.g. a constant feature) still has its minimum-norm solution
+    return np.stack([np.linalg.lstsq(g + alpha * np.diag(penalty), zty.T, rcond=None)[0]
+                     for alpha in alphas])
 
 
 # --------------------------------------------------------------------------- checks
@@ -798,6 +785,9 @@ class ProbeFit:
     def predict(self, x, lr_index: int | None = None) -> np.ndarray:
         """Classes (N,), multi-hot (N, C), pixel classes (N, H, W), or regression values
         (N, K) / (N, H, W, K). lr_index: a grid index (default: the selected one)."""
+        validation.check_eval_inputs({"query": (x, None)}, task=self.config.task,
+                                     feature_dim=self.params["w"].shape[1],
+                                     dense=self.geometry is not None)
         x = jnp.asarray(x, jnp.float32)
         _check_features(x, self.config, "query", self.geometry is not None)
         return np.asarray(_predict_all(self.params_at(lr_index), self.standardizer, x,
@@ -825,6 +815,9 @@ def _predict_all(params, standardizer, x, *, config, geometry):
 
 def score_predictions(preds, y, config: ProbeConfig) -> dict[str, float]:
     """Host-side scores of predictions from `ProbeFit.predict` (also used by bootstrap)."""
+    dense = config.task == "regression" and np.ndim(preds) > 2
+    validation.check_labels(y, task=config.task, num_classes=config.num_classes,
+                            rows=np.shape(preds)[0], split="query", dense=dense)
     if config.task == "multilabel":
         f1 = float(metrics.micro_f1(preds, y))
         return {"primary": f1, "micro_f1": f1, "exact_match": float(metrics.exact_match(preds, y))}
@@ -852,6 +845,9 @@ def fit_linear_probe(train_x, train_y, val_x=None, val_y=None, *,
     (nothing to select on) and that fit is returned. progress: a tqdm bar with ETA (L-BFGS
     iterations, or epochs) on stderr; None shows it on a terminal only.
     """
+    validation.check_eval_inputs({"train": (train_x, train_y), "valid": (val_x, val_y)},
+                                 task=config.task, num_classes=config.num_classes,
+                                 dense=config.task == "regression" and np.ndim(train_x) == 3)
     if lrs is not None:
         if config.recipe != "reference_adamw":
             raise ValueError(f"fit_linear_probe: lrs= is for recipe 'reference_adamw'; the "
@@ -939,8 +935,7 @@ def _fit_ridge(train_x, train_y, val_x, val_y, grid, config, geometry, standardi
     rows = max(1, min(rows_x.shape[0], config.chunk_size * 64))  # token rows
     xs, masks = _chunked(rows_x, rows)
     ys, _ = _chunked(jnp.asarray(rows_y), rows)
-    per_column = bool(np.any(~np.isfinite(rows_y)))
-    g, xty, _ = _gram(xs, ys, masks, standardizer, per_column=per_column)
+    g, xty = _gram(xs, ys, masks, standardizer)
     solutions = _ridge_solutions(np.asarray(g), np.asarray(xty), grid)
     params = {"w": solutions[:, :-1, :].astype(np.float32),
               "b": solutions[:, -1, :].astype(np.float32)}

@@ -9,8 +9,8 @@ call rather than a string of eagerly dispatched ops. Definitions follow the refe
 - IoU_c = tp/(tp+fp+fn+1e-8), mIoU = mean over classes with union > 0;
 - overall accuracy = sum(tp)/(sum(all)+1e-8);
 - macro accuracy / macro F1 = mean over classes with ground truth > 0;
-- regression: RMSE = sqrt(mean squared error) and MAE over target values that are finite
-  (NaN marks a missing target), in the targets' own units.
+- regression: RMSE = sqrt(mean squared error) and MAE over the target values (non-finite
+  ones would not count; the inputs are checked finite first), in the targets' own units.
 """
 
 from __future__ import annotations

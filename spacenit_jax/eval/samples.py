@@ -7,7 +7,7 @@ timesteps set to `sensors.MISSING_VALUE`: `image` of the primary `sensor` and `e
 (T, 3) = [day, month index (0-based), year]. Single-date benchmark images are stamped
 [1, 6, 2020] (day 1, month index 6, 2020), as the reference does. The label is an int
 class, a multi-hot vector (multilabel), an (H, W) class map (segmentation, -1 = ignore),
-or float regression targets (K,) or (H, W, K) (NaN = missing).
+or float regression targets (K,) or (H, W, K).
 """
 
 from __future__ import annotations
