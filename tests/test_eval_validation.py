@@ -76,9 +76,6 @@ SEG_Y = np.zeros((4, 8, 8), np.int32)
     ({"train": (X, Y + np.where(np.arange(10) == 7, 0.5, 0.0))}, {},
      "train split: class labels must be integers, got dtype float64; not whole numbers in "
      "rows [7] (1 of 10)"),
-    ({"train": (X, np.zeros(10, int))}, {},
-     "train split: every one of the 10 labels is class 0: a classifier needs at least two "
-     "classes"),
     ({"train": (X.astype(object), Y)}, {}, "train split: features must be numbers, got dtype "
                                            "object"),
     ({"train": (X, np.eye(4)[Y])}, {"task": "multilabel", "num_classes": 5},
@@ -302,3 +299,11 @@ def test_in_loop_evaluation_reports_invalid_features_and_skips_the_task(caplog):
     assert "in-loop eval task 'synthetic' skipped for the rest of the run: train split: the " \
            "model produced non-finite features" in caplog.text
     assert evaluator.maybe_evaluate(2, tiny_model()) == {}
+
+
+def test_a_single_class_train_split_is_a_warning(caplog):
+    """A tiny partition (the shipped smoke samples) may hold one class: warned, not refused."""
+    with caplog.at_level(logging.WARNING, logger="spacenit_jax.eval.validation"):
+        validation.check_eval_inputs({"train": (X, np.zeros(10, int))},
+                                     task="classification")
+    assert "train split: every one of the 10 labels is class 0" in caplog.text
