@@ -164,7 +164,8 @@ class InLoopEvaluator:
                                           devices=self.devices, mesh=self.mesh)
         feats = {s: extractor.extract(split, split=s, progress=False)
                  for s, split in data.items()}
-        rows = tasks_lib.evaluate_features(task, task.mode, feats, splits=self.splits)
+        rows = tasks_lib.evaluate_features(task, task.mode, feats, splits=self.splits,
+                                           progress=False)
         out = {}
         for row in rows:
             prefix = "eval" if row["split"] == "valid" else f"eval/{row['split']}"

@@ -912,11 +912,10 @@ def fit_linear_probe(train_x, train_y, val_x=None, val_y=None, *,
 
 
 def _progress(progress: bool | None, total: int, desc: str, unit: str):
-    """A tqdm bar with ETA on stderr; progress None: only on a terminal (tqdm's choice)."""
-    from tqdm.auto import tqdm
+    """A tqdm bar with ETA on stderr (eval/progress.py; None: on a terminal only)."""
+    from spacenit_jax.eval import progress as progress_lib
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False,
-                disable=None if progress is None else not progress)
+    return progress_lib.bar(total, desc, unit=unit, enabled=progress)
 
 
 def _fit_ridge(train_x, train_y, val_x, val_y, grid, config, geometry, standardizer, has_val):

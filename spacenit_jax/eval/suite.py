@@ -114,10 +114,11 @@ def run_task(cfg, model, *, model_sensors: Sequence[str] | None = None,
     notes = tasks_lib.dataset_notes(*data.values()) + tasks_lib.adapt_to_sizes(cfg, sizes)
     if cfg.mode == "finetune":
         ckpt = checkpoint_dir or cfg.finetune.get("checkpoint_dir")
-        rows = tasks_lib.evaluate_finetune(cfg, model, data, checkpoint_dir=ckpt)
+        rows = tasks_lib.evaluate_finetune(cfg, model, data, checkpoint_dir=ckpt,
+                                           progress=progress)
     else:
         extractor = feat.FeatureExtractor(model, feat.feature_config_from(cfg))
-        feats = {s: extractor.extract(d) for s, d in data.items()}
+        feats = {s: extractor.extract(d, split=s, progress=progress) for s, d in data.items()}
         if save_features is not None:
             save_npz(save_features, cfg.name, feats)
         rows = tasks_lib.evaluate_features(cfg, cfg.mode, feats, progress=progress)

@@ -507,8 +507,8 @@ def finetune_config_from(cfg):
         patch_size=int(cfg.patch_size), use_months=bool(cfg.use_months), gsd=cfg.get("gsd"))
 
 
-def evaluate_finetune(cfg, model, data: dict, *, checkpoint_dir=None, devices=None
-                      ) -> list[dict]:
+def evaluate_finetune(cfg, model, data: dict, *, checkpoint_dir=None, devices=None,
+                      progress: bool | None = None) -> list[dict]:
     """Fine-tune on data["train"], select on data["valid"], score valid (and test)."""
     from spacenit_jax.eval.finetune import finetune
     from spacenit_jax.eval.finetune import score as finetune_score
@@ -522,7 +522,7 @@ def evaluate_finetune(cfg, model, data: dict, *, checkpoint_dir=None, devices=No
                          "dataset.inputs to one input")
     start = time.perf_counter()
     result = finetune(model, data["train"], data["valid"], config=config,
-                      checkpoint_dir=checkpoint_dir, devices=devices)
+                      checkpoint_dir=checkpoint_dir, devices=devices, progress=progress)
     hyper = {"patch_size": config.patch_size, "representation": config.representation,
              "pooling": config.pooling, "lr": config.lr, "epochs": config.epochs,
              "batch_size": config.batch_size, "best_epoch": result.best_epoch,
