@@ -38,7 +38,7 @@ its database and scores the eval features. The linear probe selects its hyperpar
 given, otherwise --val-fraction of the train rows, drawn with numpy's default_rng(--seed)
 and not trained on. `accuracy` (classification, multilabel: micro-F1) or `score` is the
 primary score on --eval-features. Feature extraction, probes and fine-tuning show progress
-bars with ETA on stderr (--noprogress hides them).
+bars with ETA on stderr when it is a terminal (--progress / --noprogress force them).
 """
 
 from __future__ import annotations
@@ -123,8 +123,9 @@ def parse_flags(argv: list[str]):
     flags.DEFINE_integer("seed", 0, "probe seed and validation draw", **d)
     flags.DEFINE_integer("n-bootstrap", 0, "bootstrap resamples of the test predictions", **d)
     flags.DEFINE_integer("bootstrap-seed", 42, "bootstrap seed", **d)
-    flags.DEFINE_boolean("progress", True, "progress bars with ETA on stderr (feature "
-                         "extraction, probes, fine-tuning); --noprogress hides them", **d)
+    flags.DEFINE_boolean("progress", None, "progress bars with ETA on stderr (feature "
+                         "extraction, probes, fine-tuning); default: when stderr is a "
+                         "terminal; --progress / --noprogress force them on / off", **d)
     rest = fv(argv)
     if len(rest) > 1:
         raise flags.Error(f"unexpected arguments {rest[1:]} (list flags take "
