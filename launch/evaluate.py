@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on one task or a whole benchmark suite, or score saved embeddings.
+r"""Evaluate a checkpoint on one task or a whole benchmark suite, or score saved embeddings.
 
 One task (a checkpoint, a task config; prints a results table, --out writes JSON):
 

@@ -1,4 +1,4 @@
-"""GEO-Bench-2 benv2 (BigEarthNet v2): multilabel, 19 classes, 120x120 at 10 m; Sentinel-2
+r"""GEO-Bench-2 benv2 (BigEarthNet v2): multilabel, 19 classes, 120x120 at 10 m; Sentinel-2
 (12 bands) -> sentinel2_l2a and Sentinel-1 (VV, VH, dB) -> sentinel1, one date.
 
 Default: kNN on mean-pooled tokens of both sensors (micro-F1 primary), patch 4;

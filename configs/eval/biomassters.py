@@ -1,4 +1,4 @@
-"""GEO-Bench-2 biomassters (BioMassters): above-ground biomass regression per pixel (Mg/ha),
+r"""GEO-Bench-2 biomassters (BioMassters): above-ground biomass regression per pixel (Mg/ha),
 32x32; 12 monthly Sentinel-2 (10 bands, cloud probability dropped, B01 <- B02 and B09 <- B8A
 imputed) -> sentinel2_l2a and ascending Sentinel-1 (VV, VH, dB) -> sentinel1.
 

@@ -1,4 +1,4 @@
-"""GeoBench v1 m-bigearthnet: multilabel BigEarthNet (43 classes, 120x120 Sentinel-2, 12 bands;
+r"""GeoBench v1 m-bigearthnet: multilabel BigEarthNet (43 classes, 120x120 Sentinel-2, 12 bands;
 B10 is not stored).
 
 Default: kNN (micro-F1 primary), patch 4; --mode linear_probe fits the converged L-BFGS

@@ -1,4 +1,4 @@
-"""GeoBench v1 m-brick-kiln: brick kiln detection (2 classes, 64x64 Sentinel-2, 13 bands; B10
+r"""GeoBench v1 m-brick-kiln: brick kiln detection (2 classes, 64x64 Sentinel-2, 13 bands; B10
 dropped). The pre-release samples hold 8-bit scaled B10-B12, which selects the dataset
 normalisation (norm 'auto').
 

@@ -1,4 +1,4 @@
-"""GeoBench v1 m-cashew-plant: Benin smallholder cashew plantations (7 classes, class 0 = no
+r"""GeoBench v1 m-cashew-plant: Benin smallholder cashew plantations (7 classes, class 0 = no
 data; 256x256 Sentinel-2, 12 bands + cloud probability, which is dropped).
 
 Default: the converged linear probe (L-BFGS) on per-patch features, patch 4.

@@ -1,4 +1,4 @@
-"""GeoBench v1 m-chesapeake: Chesapeake land cover (7 classes, class 6 = no-data; 256x256 RGB +
+r"""GeoBench v1 m-chesapeake: Chesapeake land cover (7 classes, class 6 = no-data; 256x256 RGB +
 NIR aerial at 1 m -> naip).
 
 Default: the converged linear probe (L-BFGS) on per-patch features, patch 4, gsd 1.0;

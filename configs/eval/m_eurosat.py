@@ -1,4 +1,4 @@
-"""GeoBench v1 m-eurosat (10 classes, 64x64 Sentinel-2, 13 bands; B10 dropped): the
+r"""GeoBench v1 m-eurosat (10 classes, 64x64 Sentinel-2, 13 bands; B10 dropped): the
 reference's headline in-loop task.
 
 Default: kNN (k 20, tau 0.07) on mean-pooled online-encoder tokens at patch 4, the

@@ -1,4 +1,4 @@
-"""GeoBench v1 m-forestnet: ForestNet drivers of deforestation (12 classes, 332x332 Landsat-8
+r"""GeoBench v1 m-forestnet: ForestNet drivers of deforestation (12 classes, 332x332 Landsat-8
 at 15 m, 8-bit B4, B3, B2, B5, B6, B7; other landsat bands imputed; dataset normalisation
 mean +- 2 std as the reference). Centre-cropped to 328 so that patches of 8 tile it within
 the model's 64 x 64 position limit.

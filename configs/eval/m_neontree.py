@@ -1,4 +1,4 @@
-"""GeoBench v1 m-NeonTree: NEON tree crowns (2 classes, 400x400 RGB at 0.1 m -> naip, IR
+r"""GeoBench v1 m-NeonTree: NEON tree crowns (2 classes, 400x400 RGB at 0.1 m -> naip, IR
 filled; its canopy height and 369 hyperspectral bands are dropped).
 
 Default: the converged linear probe (L-BFGS) on per-patch features, patch 8, gsd 0.1.

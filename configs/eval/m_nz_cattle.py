@@ -1,4 +1,4 @@
-"""GeoBench v1 m-nz-cattle: New Zealand cattle (2 classes, 500x500 RGB aerial at 0.1 m -> naip,
+r"""GeoBench v1 m-nz-cattle: New Zealand cattle (2 classes, 500x500 RGB aerial at 0.1 m -> naip,
 IR filled).
 
 Default: the converged linear probe (L-BFGS) on per-patch features, patch 10 (50 x 50

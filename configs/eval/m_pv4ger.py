@@ -1,4 +1,4 @@
-"""GeoBench v1 m-pv4ger: PV4GER solar panels (2 classes, 320x320 RGB aerial at 0.1 m -> naip;
+r"""GeoBench v1 m-pv4ger: PV4GER solar panels (2 classes, 320x320 RGB aerial at 0.1 m -> naip;
 IR filled with the pretraining mean; a model without naip gets the sentinel2_l2a fallback
 with a note).
 

@@ -1,4 +1,4 @@
-"""GeoBench v1 m-pv4ger-seg: PV4GER solar panel segmentation (2 classes, 320x320 RGB aerial at
+r"""GeoBench v1 m-pv4ger-seg: PV4GER solar panel segmentation (2 classes, 320x320 RGB aerial at
 0.1 m -> naip, IR filled).
 
 Default: the converged linear probe (L-BFGS) on per-patch features, patch 8, gsd 0.1.

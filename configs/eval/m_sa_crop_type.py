@@ -1,4 +1,4 @@
-"""GeoBench v1 m-SA-crop-type: South-Africa crop type (10 classes, class 0 = No Data; 256x256
+r"""GeoBench v1 m-SA-crop-type: South-Africa crop type (10 classes, class 0 = No Data; 256x256
 Sentinel-2, 12 bands + cloud probability, which is dropped; the pre-release samples are
 8-bit scaled, which selects the dataset normalisation).
 

@@ -1,4 +1,4 @@
-"""GeoBench v1 m-so2sat: So2Sat LCZ42 (17 classes, 32x32; 10 Sentinel-2 bands stored as
+r"""GeoBench v1 m-so2sat: So2Sat LCZ42 (17 classes, 32x32; 10 Sentinel-2 bands stored as
 reflectance / 10,000, read x 10,000; B01 <- B02 and B09 <- B8A imputed; its 8 Sentinel-1
 bands are not used).
 

@@ -1,4 +1,4 @@
-"""GEO-Bench-2 pastis (PASTIS-R): crop-type segmentation from time series, 19 classes (void
+r"""GEO-Bench-2 pastis (PASTIS-R): crop-type segmentation from time series, 19 classes (void
 label ignored); Sentinel-2 (10 bands, B01 <- B02 and B09 <- B8A imputed) -> sentinel2_l2a and
 ascending Sentinel-1 (VV, VH) -> sentinel1, as monthly means over the last 12 months.
 

@@ -1,4 +1,4 @@
-"""Settings applied to every task of a suite run (`launch.evaluate --suite ...`).
+r"""Settings applied to every task of a suite run (`launch.evaluate --suite ...`).
 
     python -m launch.evaluate --checkpoint WORKDIR --suite geobench --data-root DIR \
         [--mode knn|linear_probe|finetune] [--config.dataset.partition=0.10x_train] \

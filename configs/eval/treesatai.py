@@ -1,4 +1,4 @@
-"""GEO-Bench-2 treesatai (TreeSatAI): multilabel tree genera, 15 classes. Default input:
+r"""GEO-Bench-2 treesatai (TreeSatAI): multilabel tree genera, 15 classes. Default input:
 the Sentinel-2 6 x 6 patch at 10 m (12 bands) -> sentinel2_l2a, patch 2 (3 x 3 tokens);
 arg "aerial": the 0.2 m colour-infrared aerial image (304 x 304) -> naip, patch 8 (needs a
 model with naip).
