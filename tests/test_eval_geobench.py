@@ -340,3 +340,26 @@ def test_every_task_is_registered_with_its_layout():
     assert geobench.get_task("m-forestnet").sensor == "landsat"
     assert {geobench.get_task(n).sensor for n in ("m-pv4ger", "m-chesapeake", "m-NeonTree",
                                                   "m-nz-cattle")} == {"naip"}
+
+
+def test_band_stats_keys_match_by_name_alternative_name_or_without_date():
+    entry = {"mean": 1.0}
+    assert geobench._stats_lookup({"02 - Blue": entry}, "02 - Blue", ()) is entry
+    assert geobench._stats_lookup({"blue": entry}, "02 - Blue", ("2", "02", "blue")) is entry
+    assert geobench._stats_lookup({"02 - Blue_2020-01-05": entry}, "02 - Blue", ()) is entry
+    assert geobench._stats_lookup({"B02": entry}, "02 - Blue", ("2",)) is None
+
+
+def test_missing_band_statistics_name_the_band_and_file(tmp_path):
+    task_dir = tmp_path / "classification_v1.0" / "m-brick-kiln"
+    task_dir.mkdir(parents=True)
+    s2 = [n for n, _ in geobench.S2_GEOBENCH_BANDS]
+    _write_geobench_like(task_dir, "a", {n: ("Sentinel2", np.ones((4, 4))) for n in s2}, 1)
+    (task_dir / "default_partition.json").write_text(
+        json.dumps({"train": ["a"], "valid": ["a"], "test": ["a"]}))
+    (task_dir / "band_stats.json").write_text(json.dumps(
+        {n: {"mean": 1.0, "std": 1.0, "min": 0.0, "max": 5000.0} for n in s2[1:]}))
+    ds = geobench.GeoBenchDataset(tmp_path, "m-brick-kiln", norm="norm_no_clip")
+    with pytest.raises(KeyError, match=r"band_stats.json: no 'mean' for band '01 - Coastal"):
+        ds[0]
+    assert geobench.GeoBenchDataset(tmp_path, "m-brick-kiln").norm == "pretrained"
