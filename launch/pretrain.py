@@ -28,10 +28,12 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    from spacenit_jax.eval import hook
     from spacenit_jax.train import loop, multihost
 
     try:
         trainer = loop.Trainer.create(CONFIG.value, WORKDIR.value)
+        hook.attach(trainer)  # the in-loop evaluator of config.eval, if it has tasks
     except (ValueError, FileNotFoundError, KeyError) as err:  # start-up checks of the config
         raise cli.UsageError(cli.one_line(err)) from None
     summary = trainer.train()
@@ -42,4 +44,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    from spacenit_jax.train.loop import TrainingHalted
+
+    cli.run(main, errors={cli.UsageError: cli.USAGE_EXIT_CODE, TrainingHalted: 1})

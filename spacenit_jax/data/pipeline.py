@@ -66,7 +66,7 @@ class PipelineConfig:
     token_budget: int = 2250
     patch_sizes: tuple[int, ...] = tuple(range(1, 9))
     hw_p_list: tuple[int, ...] = tuple(range(1, 13))
-    rows: int = 8  # R: rows per host batch
+    rows: int = 16  # R: rows per host batch (divisible by 1, 2, 4, 8 or 16 local devices)
     row_length: int | None = None  # L_t; None: smallest multiple of `align` >= max n(hw)
     online_length: int | None = None  # L_o; None: chosen by the plan
     decoder_length: int | None = None  # L_d; None: chosen by the plan
