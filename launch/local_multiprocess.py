@@ -7,11 +7,13 @@ Each process gets its own virtual CPU devices and joins the others through
 jax.distributed (gloo collectives); together they see num_processes x devices global
 devices, exactly like hosts of a pod. Used by the tests to check multi-host runs.
 
-Output: each process's stderr (progress, logs, the collectives' own chatter) goes to
-<log_dir>/process_<i>.log (default log_dir: <workdir>/logs when the module gets a
---workdir, else a new temporary folder); process 0's stdout (the run's summary) is
-passed through, so the command prints ONE summary. When a process fails, the tail of its
-log is printed. SIGTERM / SIGINT sent to this launcher are forwarded to every process.
+Output: each process's output (progress, logs, the collectives' own chatter) goes to
+<logs>/process_<i>.log and its stdout to <logs>/process_<i>.out (default --logs:
+<workdir>/logs when the module gets a --workdir, else a new temporary folder). When all
+processes are done, process 0's stdout (the run's summary) is printed, less the gloo
+collectives' connection lines, so the command prints ONE summary. When a process fails, the
+tail of its log is printed. SIGTERM / SIGINT sent to this launcher are forwarded to every
+process.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "processes (hosts) to s
 DEVICES = flags.DEFINE_integer("devices_per_process", 4, "virtual CPU devices per process")
 MODULE = flags.DEFINE_string("module", "launch.pretrain", "module every process runs")
 TIMEOUT = flags.DEFINE_float("timeout", 1800, "seconds before all processes are killed")
-LOG_DIR = flags.DEFINE_string("log_dir", None, "where the per-process logs go")
+LOG_DIR = flags.DEFINE_string("logs", None, "folder of the per-process logs")
 
 
 def free_port() -> int:
@@ -53,7 +55,7 @@ def _workdir(args: list[str]) -> str | None:
 
 def start(num_processes: int, devices_per_process: int, module: str, args: list[str],
           log_dir: pathlib.Path, timeout: float) -> list[subprocess.Popen]:
-    """Start the processes (process 0's stdout is this process's stdout)."""
+    """Start the processes, their output going to files in log_dir (see module docstring)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     xla = [f for f in os.environ.get("XLA_FLAGS", "").split()
@@ -69,11 +71,10 @@ def start(num_processes: int, devices_per_process: int, module: str, args: list[
         env = dict(os.environ, JAX_PLATFORMS="cpu", SPACENIT_COORDINATOR=f"127.0.0.1:{port}",
                    SPACENIT_NUM_PROCESSES=str(num_processes), SPACENIT_PROCESS_ID=str(i),
                    XLA_FLAGS=" ".join(xla))
-        err = open(log_dir / f"process_{i}.log", "wb")
-        out = None if i == 0 else err
-        procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env,
-                                      stdout=out, stderr=err))
-        err.close()
+        with (open(log_dir / f"process_{i}.log", "wb") as err,
+              open(log_dir / f"process_{i}.out", "wb") as out):
+            procs.append(subprocess.Popen([sys.executable, "-m", module, *args], env=env,
+                                          stdout=out, stderr=err))
     return procs
 
 
@@ -118,6 +119,10 @@ def main(argv) -> int:
                   f"{_tail(log_dir / f'process_{i}.log')}", file=sys.stderr)
         print(f"processes failed (index, exit code): {bad}", file=sys.stderr)
         return 1
+    out = (log_dir / "process_0.out").read_text(errors="replace").splitlines()
+    for line in out:
+        if not line.startswith("[Gloo]"):
+            print(line)
     return 0
 
 

@@ -62,9 +62,21 @@ _HANDLERS: dict[str, Callable[[], Any]] = {
 _SAVE = {"pytree": ocp.args.StandardSave, "json": ocp.args.JsonSave}
 
 
+def _grain_handler():
+    import grain
+
+    return grain.checkpoint.CheckpointHandler()
+
+
+# Items of older checkpoints that are never written again but known (so that Orbax does
+# not warn about them): each process's Grain iterator state.
+_LEGACY_ITEMS = {"data": _grain_handler}
+
+
 def manager(directory, items: Mapping[str, str], *, keep: int | None = None,
             keep_every: int | None = None, async_save: bool = False,
-            read_only: bool = False) -> ocp.CheckpointManager:
+            read_only: bool = False, legacy: Mapping[str, Callable] | None = None
+            ) -> ocp.CheckpointManager:
     """An Orbax CheckpointManager over `directory` whose steps hold the named items, each
     "pytree" (arrays: ocp.args.StandardSave / StandardRestore) or "json" (JsonSave /
     JsonRestore). Keeps the latest `keep` steps (None: all) plus every `keep_every`-th.
@@ -75,8 +87,10 @@ def manager(directory, items: Mapping[str, str], *, keep: int | None = None,
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every, enable_async_checkpointing=async_save,
         create=not read_only, read_only=read_only)
-    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=tuple(items),
-                                 item_handlers={k: _HANDLERS[v]() for k, v in items.items()},
+    handlers = {k: _HANDLERS[v]() for k, v in items.items()}
+    handlers.update({k: make() for k, make in (legacy or {}).items()})
+    return ocp.CheckpointManager(pathlib.Path(directory).absolute(),
+                                 item_names=tuple(handlers), item_handlers=handlers,
                                  options=options)
 
 
@@ -99,7 +113,8 @@ class CheckpointStore:
             raise FileNotFoundError(f"no checkpoint directory {self.directory}")
         self.manager = manager(self.directory, self.KINDS, keep=self.policy.keep,
                                keep_every=self.policy.keep_every,
-                               async_save=self.policy.async_save, read_only=read_only)
+                               async_save=self.policy.async_save, read_only=read_only,
+                               legacy=_LEGACY_ITEMS)
 
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> CheckpointStore:

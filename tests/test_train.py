@@ -16,7 +16,6 @@ import pytest
 
 from configs import nano
 from spacenit_jax import checkpoint
-from spacenit_jax.data import synthetic
 from spacenit_jax.eval import hook
 from spacenit_jax.train import config as run_config
 from spacenit_jax.train import loop, objectives, step
@@ -26,11 +25,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def dataset(tmp_path_factory):
-    c = nano.get_config("smoke")
-    spec = synthetic.SyntheticSpec(c.data.synthetic_samples, tuple(c.model.sensor_labels), 0,
-                                   c.data.synthetic_tile_size)
-    return synthetic.make_dataset(tmp_path_factory.mktemp("data"), spec, workers=1)
+def dataset(smoke_dataset):
+    return smoke_dataset
 
 
 def smoke(dataset, **overrides):
@@ -157,22 +153,28 @@ def test_sharded_step_matches_single_device(tmp_path, dataset):
 
 
 def test_two_processes_agree_with_one(tmp_path, dataset):
+    """2 processes x 4 devices == 1 process x 8 devices; the launcher prints one summary and
+    keeps each process's chatter in its own log file."""
     steps = 3
     # no DropPath: its draws depend on how samples are laid out in rows
     overrides = {"data.rows": 8, "model.overrides.drop_path": 0.0}
     single = loop.Trainer.create(smoke(dataset, total_steps=steps, **overrides),
                                  tmp_path / "one").train()
     assert single["final_step"] == steps
-    cmd = [sys.executable, "-m", "launch.local_multiprocess", "--num-processes", "2",
-           "--devices-per-process", "4", "--timeout", "900", "--",
+    cmd = [sys.executable, "-m", "launch.local_multiprocess", "--num_processes", "2",
+           "--devices_per_process", "4", "--timeout", "900", "--",
            "--config", "configs/nano.py:smoke", "--workdir", str(tmp_path / "two"),
            f"--config.data.path={dataset}", f"--config.total_steps={steps}",
            "--config.data.rows=4", "--config.model.overrides.drop_path=0.0"]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-    errors = [line for line in out.stderr.splitlines()
-              if "Error" in line or "error:" in line or "Traceback" in line]
-    assert out.returncode == 0, "\n".join(errors[:40]) + "\n...\n" + out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-4000:]
+    summaries = [json.loads(x) for x in out.stdout.strip().splitlines()]
+    assert len(summaries) == 1 and summaries[0]["final_step"] == steps, out.stdout
+    assert "gloo" not in out.stderr.lower(), out.stderr[-2000:]
+    logs = tmp_path / "two" / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["process_0.log", "process_0.out",
+                                                     "process_1.log", "process_1.out"]
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(two) == list(range(1, steps + 1))
     for s in range(1, steps + 1):
