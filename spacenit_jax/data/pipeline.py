@@ -393,8 +393,11 @@ class Pipeline:
 
 
 def _ensure_flags_parsed() -> None:
-    """Grain's worker processes read absl flags; outside absl.app.run they are unparsed
-    (UnparsedFlagAccessError, see spec/environment-notes.md): mark them parsed."""
+    """Grain 0.2.18's mp_prefetch reads an absl flag when it starts its workers
+    (grain_enable_multiprocess_worker_profiling, in grain/_src/core/profiler.py); outside
+    absl.app.run (library use, notebooks, tests) the flags are unparsed and that read
+    raises UnparsedFlagAccessError. The launchers parse flags through absl; for everyone
+    else, mark them parsed (their defaults)."""
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
