@@ -39,7 +39,6 @@ from spacenit_jax.model.config import ModelConfig, config_from_dict, config_to_d
 
 log = logging.getLogger(__name__)
 
-ITEMS = ("params", "train", "config")
 DAMAGED_DIR = "checkpoints_damaged"  # where damaged steps are moved to (beside checkpoints/)
 
 
