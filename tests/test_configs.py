@@ -25,20 +25,14 @@ SPECS = ["configs/nano.py", "configs/nano.py:smoke", "configs/tiny.py", "configs
 # global FLAGS, hence a fresh interpreter per parse)
 PARSE = """
 import json, sys
+sys.path.insert(0, "tests")
 import launch.pretrain
 from spacenit_jax import cli
-from ml_collections import ConfigDict
-
-def leaves(c, prefix=""):
-    for k, v in c.items():
-        if isinstance(v, ConfigDict):
-            yield from leaves(v, prefix + k + ".")
-        else:
-            yield prefix + k, v
+from test_configs import _leaves
 
 cli.parse(["prog", "--workdir=unused", *sys.argv[1:]])
 c = launch.pretrain.CONFIG.value
-print(json.dumps({"lists": [k for k, v in leaves(c) if isinstance(v, list)],
+print(json.dumps({"lists": [k for k, v in _leaves(c) if isinstance(v, list)],
                   "config": json.loads(c.to_json_best_effort())}))
 """
 
@@ -99,8 +93,9 @@ def _flag_value(value) -> str:
 
 
 def _leaves(d, prefix=""):
+    """(dotted key, value) of every leaf of a nested dict or ConfigDict."""
     for k, v in d.items():
-        if isinstance(v, dict):
+        if hasattr(v, "items"):
             yield from _leaves(v, prefix + k + ".")
         else:
             yield prefix + k, v

@@ -104,13 +104,12 @@ def section(cls, *, include=None, exclude=()) -> ConfigDict:
 
 
 def _plain(x):
+    """ConfigDicts -> dicts, lists -> tuples, recursively (JSON and ConfigDict alike)."""
     if hasattr(x, "to_dict"):
         x = x.to_dict()
     if isinstance(x, Mapping):
         return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return tuple(_plain(v) for v in x)
-    return x
+    return tuple(_plain(v) for v in x) if isinstance(x, list | tuple) else x
 
 
 def build(cls, values, **extra):
@@ -170,14 +169,10 @@ def wandb_section() -> ConfigDict:
 # ------------------------------------------------------------ run config -> the dataclasses
 
 
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
-
-
 def model_config(config) -> ModelConfig:
     """The ModelConfig of a run config (ConfigDict, or the dict of a resolved config.json)."""
     m = config["model"]
-    overrides = {k: _tuples(v) for k, v in _plain(m["overrides"]).items() if v is not None}
+    overrides = {k: v for k, v in _plain(m["overrides"]).items() if v is not None}
     switches = {k: m[k] for k in MODEL_SWITCHES if m[k] is not None}
     return make_config(m["preset"], m["size"], tuple(m["sensor_labels"]), **overrides,
                        **switches)
