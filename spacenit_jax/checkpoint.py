@@ -18,8 +18,8 @@ run resumes with any number of data workers. Checkpoints written before it was s
 (with a per-process Grain iterator item `data/`) read one batch per step, and still restore.
 
 `CheckpointStore` opens one Orbax CheckpointManager for all the work on a directory (open
-it once per use: `with CheckpointStore(workdir) as store: ...`). `manager()` builds a bare
-manager for other layouts (e.g. fine-tuning's). A damaged checkpoint (a file missing, an
+it once per use: `with CheckpointStore(workdir) as store: ...`). `item_manager()` builds a
+bare manager for other layouts (e.g. fine-tuning's). A damaged checkpoint (a file missing, an
 empty step directory) is never deleted: `restore_latest` falls back to the newest one that
 restores and names the damaged ones.
 """
@@ -56,41 +56,35 @@ def checkpoint_dir(workdir) -> pathlib.Path:
     return pathlib.Path(workdir).absolute() / "checkpoints"
 
 
-_HANDLERS: dict[str, Callable[[], Any]] = {
-    "pytree": ocp.StandardCheckpointHandler, "json": ocp.JsonCheckpointHandler}
-_SAVE = {"pytree": ocp.args.StandardSave, "json": ocp.args.JsonSave}
-
-
-def _grain_handler():
-    import grain
-
-    return grain.checkpoint.CheckpointHandler()
-
-
-# Items of older checkpoints that are never written again but known (so that Orbax does
-# not warn about them): each process's Grain iterator state.
-_LEGACY_ITEMS = {"data": _grain_handler}
-
-
-def manager(directory, items: Mapping[str, str], *, keep: int | None = None,
-            keep_every: int | None = None, async_save: bool = False,
-            read_only: bool = False, legacy: Mapping[str, Callable] | None = None
-            ) -> ocp.CheckpointManager:
-    """An Orbax CheckpointManager over `directory` whose steps hold the named items, each
-    "pytree" (arrays: ocp.args.StandardSave / StandardRestore) or "json" (JsonSave /
-    JsonRestore). Keeps the latest `keep` steps (None: all) plus every `keep_every`-th.
-    E.g. fine-tuning: manager(dir, {"state": "pytree", "meta": "json"}, keep=1)."""
-    unknown = {k: v for k, v in items.items() if v not in _HANDLERS}
-    if unknown:
-        raise ValueError(f"item kinds must be one of {sorted(_HANDLERS)}, got {unknown}")
+def item_manager(directory, item_names, *, keep: int | None = 1,
+                 keep_every: int | None = None, async_save: bool = False,
+                 read_only: bool = False, handlers: Mapping[str, Any] | None = None
+                 ) -> ocp.CheckpointManager:
+    """An Orbax CheckpointManager of named items in `directory` (created when missing unless
+    read_only), keeping the latest `keep` steps (None: all) plus every `keep_every`-th,
+    synchronous unless async_save: the checkpoints of tools other than pretraining, such as
+    fine-tuning's per-epoch state, and the CheckpointStore's own. Save and restore with
+    `ocp.args.Composite` of the items (e.g. StandardSave / JsonSave), which tells Orbax each
+    item's handler; `handlers` (name -> CheckpointHandler) names them up front instead.
+    Each step is written atomically."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every, enable_async_checkpointing=async_save,
         create=not read_only, read_only=read_only)
-    handlers = {k: _HANDLERS[v]() for k, v in items.items()}
-    handlers.update({k: make() for k, make in (legacy or {}).items()})
-    return ocp.CheckpointManager(pathlib.Path(directory).absolute(),
-                                 item_names=tuple(handlers), item_handlers=handlers,
+    names = tuple(dict.fromkeys([*item_names, *(handlers or {})]))
+    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=names,
+                                 item_handlers=dict(handlers) if handlers else None,
                                  options=options)
+
+
+def _store_handlers() -> dict[str, Any]:
+    import grain
+
+    return {"params": ocp.StandardCheckpointHandler(),
+            "train": ocp.StandardCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+            # checkpoints written before the next-batch index: each process's Grain
+            # iterator state; never written again, known so that Orbax does not warn
+            "data": grain.checkpoint.CheckpointHandler()}
 
 
 class DamagedCheckpointError(RuntimeError):
@@ -100,8 +94,6 @@ class DamagedCheckpointError(RuntimeError):
 class CheckpointStore:
     """The checkpoints of one workdir, through one Orbax manager (see module docstring)."""
 
-    KINDS = {"params": "pytree", "train": "pytree", "config": "json"}
-
     def __init__(self, workdir, policy: CheckpointPolicy | None = None, *,
                  read_only: bool = False):
         self.workdir = pathlib.Path(workdir).absolute()
@@ -110,10 +102,10 @@ class CheckpointStore:
         self.read_only = read_only
         if read_only and not self.directory.is_dir():
             raise FileNotFoundError(f"no checkpoint directory {self.directory}")
-        self.manager = manager(self.directory, self.KINDS, keep=self.policy.keep,
-                               keep_every=self.policy.keep_every,
-                               async_save=self.policy.async_save, read_only=read_only,
-                               legacy=_LEGACY_ITEMS)
+        self.manager = item_manager(self.directory, ("params", "train", "config"),
+                                    keep=self.policy.keep, keep_every=self.policy.keep_every,
+                                    async_save=self.policy.async_save, read_only=read_only,
+                                    handlers=_store_handlers())
 
     # -- context -------------------------------------------------------------------------
     def __enter__(self) -> CheckpointStore:
@@ -353,7 +345,7 @@ def load_model(path, step: int | None = None) -> LoadedModel:
     nothing is initialised twice."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
+    from flax import nnx, traverse_util
 
     from spacenit_jax.model import models
 
@@ -366,7 +358,7 @@ def load_model(path, step: int | None = None) -> LoadedModel:
         src = im.read_source(where)
         flat = im.state_dict_to_params(src.cfg, src.kind, src.state_dict,
                                        where=str(src.weights_file))
-        cfg, kind, params, step = src.cfg, src.kind, im.nest(flat), src.step
+        cfg, kind, params, step = src.cfg, src.kind, traverse_util.unflatten_dict(flat), src.step
         run_config = model_description(cfg, kind, imported_from={"source": str(where),
                                                                  "format": src.format})
     else:

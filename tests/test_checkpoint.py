@@ -86,8 +86,9 @@ def test_no_restorable_checkpoint_is_a_clear_error(tmp_path):
 def test_store_reads_through_one_manager(tmp_path, monkeypatch):
     _write(tmp_path)
     opened = []
-    real = checkpoint.manager
-    monkeypatch.setattr(checkpoint, "manager", lambda *a, **k: opened.append(a) or real(*a, **k))
+    real = checkpoint.item_manager
+    monkeypatch.setattr(checkpoint, "item_manager",
+                        lambda *a, **k: opened.append(a) or real(*a, **k))
     params, step = checkpoint.restore_params(tmp_path)
     assert step == 20 and len(opened) == 1
     np.testing.assert_array_equal(params["w"], _params(20)["w"])
@@ -103,7 +104,7 @@ def test_manager_for_other_layouts(tmp_path):
     """The bare manager other modules (fine-tuning) use: named pytree / json items."""
     import orbax.checkpoint as ocp
 
-    mngr = checkpoint.manager(tmp_path / "ft", {"state": "pytree", "meta": "json"}, keep=1)
+    mngr = checkpoint.item_manager(tmp_path / "ft", ("state", "meta"), keep=1)
     for epoch in (1, 2):
         mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(_params(epoch)),
                                                  meta=ocp.args.JsonSave({"epoch": epoch})))
@@ -112,5 +113,3 @@ def test_manager_for_other_layouts(tmp_path):
     out = mngr.restore(2, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     assert out["meta"] == {"epoch": 2}
     mngr.close()
-    with pytest.raises(ValueError, match="item kinds must be one of"):
-        checkpoint.manager(tmp_path / "x", {"state": "numpy"})
