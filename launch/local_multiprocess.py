@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -78,6 +79,18 @@ def start(num_processes: int, devices_per_process: int, module: str, args: list[
     return procs
 
 
+# The gloo collectives print "[Gloo] Rank R is connected to N peer ranks. Expected number
+# of connected peer ranks is : N" to stdout from several threads at once, so the pieces of
+# these messages can interleave into lines of their own; a line made only of such pieces
+# (and numbers) is theirs.
+_GLOO_PIECES = re.compile(r"\[Gloo\] Rank|Expected number of connected peer ranks is :|"
+                          r"is connected to|peer ranks\.|\d+|\s+")
+
+
+def _is_gloo_chatter(line: str) -> bool:
+    return not _GLOO_PIECES.sub("", line)
+
+
 def _tail(path: pathlib.Path, lines: int = 30) -> str:
     text = path.read_text(errors="replace").splitlines() if path.exists() else []
     return "\n".join(text[-lines:])
@@ -121,7 +134,7 @@ def main(argv) -> int:
         return 1
     out = (log_dir / "process_0.out").read_text(errors="replace").splitlines()
     for line in out:
-        if not line.startswith("[Gloo]"):
+        if line.strip() and not _is_gloo_chatter(line):
             print(line)
     return 0
 

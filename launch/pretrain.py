@@ -39,7 +39,7 @@ def main(argv):
     summary = trainer.train()
     multihost.finalize()
     if multihost.is_main():
-        print(json.dumps(summary))
+        print(json.dumps(summary), flush=True)
     return 0
 
 

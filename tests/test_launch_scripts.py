@@ -51,3 +51,16 @@ def test_tpu_pod_script_quotes_arguments(tmp_path):
                     "--config.data.hw_p_list=(1, 2, 4)", "--config.eval.tasks=()",
                     "--config.wandb.entity=it's $HOME"]
     assert (record / "python_env").read_text().strip() == "WANDB_MODE=offline"
+
+
+def test_local_multiprocess_drops_only_the_collectives_chatter():
+    from launch.local_multiprocess import _is_gloo_chatter
+
+    # pieces of the gloo messages, printed by several threads at once
+    chatter = ["[Gloo] Rank 0 is connected to 1 peer ranks. Expected number of connected "
+               "peer ranks is : 1", "[Gloo] Rank [Gloo] Rank 1 is connected to 1 peer ranks.",
+               "0 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1",
+               "1", " peer ranks. "]
+    assert all(_is_gloo_chatter(line) for line in chatter)
+    assert not _is_gloo_chatter('{"workdir": "/runs/mp", "final_step": 3}')
+    assert not _is_gloo_chatter("error: something the user must see")
