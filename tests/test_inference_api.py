@@ -301,3 +301,14 @@ def test_model_trained_without_normalisation_gets_raw_values(tmp_path, raw):
 
 def test_absent_state_is_the_tokenizers(model):
     assert TokenState.ABSENT == 3
+
+
+def test_batches_split_over_devices_give_the_same_embeddings(tmp_path, raw):
+    devices = jax.devices()
+    assert len(devices) == 8  # conftest's virtual CPU devices
+    path = save_tiny(tmp_path / "m", seed=4)
+    one, many = spacenit_jax.load(path), spacenit_jax.load(path, devices=devices)
+    imgs = {k: np.stack([window(raw, 24 * i, 16, 32)[k] for i in range(8)]) for k in raw}
+    a = one.encode_batch(imgs, bands=BANDS, pooling="spatial").embeddings
+    b = many.encode_batch(imgs, bands=BANDS, pooling="spatial").embeddings
+    np.testing.assert_allclose(a, b, atol=1e-5)

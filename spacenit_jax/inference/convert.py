@@ -539,9 +539,10 @@ def _convert_location(scene: geotiff.Scene, key: str, t: int, supported, setting
                 spec = sensors.get(label)
                 dtype = np.float32 if label == "sentinel1" else np.dtype(dtypes[label])
                 ok = ~np.isnan(x).any(axis=(0, 1, 3))  # (T,) timestep complete
+                has_file = np.asarray([f is not None for f in scene.files[label]])
                 if spec.kind == SensorKind.SPACE_TIME:
-                    if not ok.all():
-                        drops[f"timesteps of {label}: missing pixels"] += int((~ok).sum())
+                    if (has_file & ~ok).any():
+                        drops[f"timesteps of {label}: missing pixels"] += int((has_file & ~ok).sum())
                     if ok.any():
                         arrays[label] = _native(x[:, :, ok], dtype)
                         masks[label] = ok

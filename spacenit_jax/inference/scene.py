@@ -123,7 +123,7 @@ def _run(model: InferenceModel, scene: geotiff.Scene, out, p, tile, overlap, bat
                          f"model's max_grid {model.max_grid}: use --tile {model.max_grid * p} "
                          "or less")
     out_h, out_w = grid.out_shape
-    transform = scene.grid.transform * Affine.scale(p)
+    transform = scene.grid.transform @ Affine.scale(p)
     tags = {"spacenit_patch_size": p, "spacenit_model": model.path, "spacenit_step": model.step,
             "spacenit_kind": model.kind, "spacenit_preset": model.cfg.preset,
             "spacenit_sensors": ",".join(scene.files),

@@ -117,32 +117,48 @@ def write_tiles_parquet(path, rows: list[dict], embeddings: np.ndarray, crs) -> 
 # --------------------------------------------------------------------------- quicklook
 
 
-def pca_quicklook(raster_path, png_path, *, max_side: int = 1024,
-                  max_samples: int = 200_000, seed: int = 0) -> pathlib.Path:
-    """PCA of the embedding raster to RGB: the first three principal components of a
-    decimated read (at most `max_side` pixels a side), each stretched between its 2nd and
-    98th percentile; nodata is black with alpha 0. Written as PNG with rasterio."""
+def pca_quicklook(raster_path, png_path, *, max_side: int = 1024, strip: int = 64
+                  ) -> pathlib.Path:
+    """PCA of the embedding raster to RGB: the first three principal components of the
+    raster read at most `max_side` pixels a side (block averages), each stretched between
+    its 2nd and 98th percentile; nodata is black with alpha 0. Two streaming passes over
+    row strips (covariance, then projection), so memory is a strip of D-band pixels plus
+    the small RGB image. Written as PNG with rasterio."""
     png_path = pathlib.Path(png_path)
     with rasterio.open(raster_path) as ds:
         k = max(1, -(-max(ds.height, ds.width) // max_side))
-        shape = (ds.count, max(1, ds.height // k), max(1, ds.width // k))
-        x = ds.read(out_shape=shape, resampling=Resampling.average if k > 1
-                    else Resampling.nearest)
-    d, h, w = x.shape
-    flat = x.reshape(d, -1).T.astype(np.float64)
-    valid = np.isfinite(flat).all(axis=1)
-    rgb = np.zeros((h * w, 3), np.float64)
+        h, w, d = max(1, ds.height // k), max(1, ds.width // k), ds.count
+        resampling = Resampling.average if k > 1 else Resampling.nearest
+
+        def strips():
+            for r0 in range(0, h, strip):
+                n = min(strip, h - r0)
+                win = Window(0, r0 * k, ds.width, min(n * k, ds.height - r0 * k))
+                x = ds.read(window=win, out_shape=(d, n, w), resampling=resampling)
+                yield r0, x.reshape(d, -1).T.astype(np.float64)
+
+        count, total, outer = 0, np.zeros(d), np.zeros((d, d))
+        for _, x in strips():
+            x = x[np.isfinite(x).all(axis=1)]
+            count += x.shape[0]
+            total += x.sum(axis=0)
+            outer += x.T @ x
+        proj = np.zeros((h * w, 3))
+        valid = np.zeros(h * w, bool)
+        if count >= 2:
+            mean = total / count
+            cov = outer / count - np.outer(mean, mean)
+            _, vecs = np.linalg.eigh(cov)
+            comps = vecs[:, ::-1][:, :3]
+            for r0, x in strips():
+                ok = np.isfinite(x).all(axis=1)
+                sl = slice(r0 * w, r0 * w + x.shape[0])
+                proj[sl][ok] = (x[ok] - mean) @ comps
+                valid[sl] = ok
+    rgb = np.zeros((h * w, 3))
     if valid.sum() >= 2:
-        v = flat[valid]
-        if v.shape[0] > max_samples:
-            v = v[np.random.default_rng(seed).choice(v.shape[0], max_samples, replace=False)]
-        mean = v.mean(axis=0)
-        _, _, vt = np.linalg.svd(v - mean, full_matrices=False)
-        comps = vt[:3]
-        proj = (flat[valid] - mean) @ comps.T
-        lo, hi = np.percentile(proj, [2, 98], axis=0)
-        proj = np.clip((proj - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
-        rgb[valid, : proj.shape[1]] = proj
+        lo, hi = np.percentile(proj[valid], [2, 98], axis=0)
+        rgb[valid] = np.clip((proj[valid] - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
     img = (rgb.T.reshape(3, h, w) * 255).round().astype(np.uint8)
     alpha = (valid.reshape(h, w) * 255).astype(np.uint8)
     png_path.parent.mkdir(parents=True, exist_ok=True)
