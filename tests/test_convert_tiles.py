@@ -23,7 +23,8 @@ from spacenit_jax.inference import convert
 from spacenit_jax.sensors import MISSING_VALUE
 
 CRS = "EPSG:32610"
-SUPPORTED = ("sentinel2_l2a", "sentinel1", "srtm", "worldcover", "openstreetmap_raster")
+SUPPORTED = ("sentinel2_l2a", "sentinel1", "srtm", "worldcover", "openstreetmap_raster",
+             "era5_10")
 MONTHS = [dt.datetime(2022, m, 1 + m) for m in range(1, 13)]
 
 
@@ -57,6 +58,8 @@ class RawTiles:
                 a = self.rng.uniform(0.001, 0.5, (n_t * len(grp.bands), size, size))
             elif label == "srtm":
                 a = self.rng.uniform(0, 900, (1, size, size))
+            elif label == "era5_10":
+                a = self.rng.uniform(1, 300, (n_t * len(grp.bands), size, size))
             elif label == "worldcover":
                 a = self.rng.choice([10, 20, 30, 40, 80], (1, size, size))
             elif label == "openstreetmap_raster":
@@ -98,6 +101,7 @@ def tiles(tmp_path_factory):
     raw.add("srtm", A, dtype="int16")
     raw.add("worldcover", A, dtype="uint8")
     raw.add("openstreetmap_raster", A, dtype="uint8")
+    raw.add("era5_10", A, MONTHS, dtype="float32")
     raw.add("sentinel2_l2a", B, MONTHS[:11])  # too short: dropped
     raw.add("sentinel2_l2a", C, MONTHS)
 
@@ -111,6 +115,7 @@ def tiles(tmp_path_factory):
 
     raw.add("sentinel1", C, MONTHS, dtype="float32", hook=sar_nodata)  # sensor dropped
     raw.add("srtm", C, dtype="float32", hook=nan)  # sensor dropped
+    raw.add("era5_10", C, MONTHS, dtype="float32", hook=lambda a: a * 0)  # all zero: dropped
     raw.add("sentinel2_l2a", D, MONTHS)
     raw.add("worldcereal", D, dtype="uint8")  # not supported: sample dropped
     raw.add("sentinel1", E, MONTHS, dtype="float32")  # lacks required S2: dropped
@@ -129,7 +134,8 @@ def result(tiles, tmp_path_factory):
 def test_directory_metadata_and_drops(result):
     assert result.path.parts[-3:] == (
         "h5py_data_w_missing_timesteps_zstd_3_128_x_4",
-        "openstreetmap_raster_sentinel1_sentinel2_l2a_srtm_worldcover_required_sentinel2_l2a",
+        "era5_10_openstreetmap_raster_sentinel1_sentinel2_l2a_srtm_worldcover_required_"
+        "sentinel2_l2a",
         "8")
     assert (result.sources, result.converted, result.num_samples) == (5, 2, 8)
     assert result.dropped == {
@@ -137,14 +143,15 @@ def test_directory_metadata_and_drops(result):
         "sample: fewer than 12 images": 1,
         "sensor sentinel1: nodata -32768": 1,
         "sensor srtm: NaN": 1,
+        "sensor era5_10: all zero": 1,
         "sample: has sensors outside the supported list (worldcereal)": 1,
         "sample: lacks required sensors (sentinel2_l2a)": 1,
     }
     with open(result.path / h5.METADATA_CSV) as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["sample_index", *SUPPORTED]
-    assert rows[1:5] == [[str(i), "1", "1", "1", "1", "1"] for i in range(4)]
-    assert rows[5:] == [[str(i), "1", "0", "0", "0", "0"] for i in range(4, 8)]
+    assert rows[1:5] == [[str(i), "1", "1", "1", "1", "1", "1"] for i in range(4)]
+    assert rows[5:] == [[str(i), "1", "0", "0", "0", "0", "0"] for i in range(4, 8)]
     latlon = np.load(result.path / h5.LATLON_NPY)
     assert latlon.shape == (8, 2) and (latlon[:4] == latlon[0]).all()  # the parent centre
     assert json.loads((result.path / h5.COMPRESSION_JSON).read_text()) == {
@@ -163,6 +170,7 @@ def test_arrays_are_resampled_concatenated_and_subtiled(tiles, result):
     (osm,) = tiles.data[("openstreetmap_raster", A)]
     osm = osm[:, ::4, ::4].transpose(1, 2, 0)[:, :, None]
     (dem,) = tiles.data[("srtm", A)]
+    (era5,) = tiles.data[("era5_10", A)]
     stamps = [[t.day, t.month - 1, t.year] for t in MONTHS]
     for j in range(4):
         r0, c0 = (j // 2) * 128, (j % 2) * 128
@@ -173,6 +181,7 @@ def test_arrays_are_resampled_concatenated_and_subtiled(tiles, result):
             np.testing.assert_allclose(f["sentinel1"][()], s1[win], rtol=1e-6)
             np.testing.assert_array_equal(f["openstreetmap_raster"][()], osm[win])
             np.testing.assert_array_equal(f["srtm"][:, :, 0, 0], dem[0][win])
+            np.testing.assert_array_equal(f["era5_10"][()], era5.reshape(12, 6))  # (T, C)
             assert f["timestamps"][()].tolist() == stamps
             mask = f["missing_timesteps_masks/sentinel1"][()]
             assert mask.dtype == bool and mask.tolist() == [i not in (3, 7) for i in range(12)]
@@ -200,6 +209,8 @@ def test_the_training_reader_reads_the_conversion(result):
 def test_bad_arguments_are_one_line_errors(tiles, tmp_path, capsys):
     with pytest.raises(ValueError, match="required sensors \\['landsat'\\] are not in"):
         convert.convert_tiles(tiles.root, tmp_path, supported=SUPPORTED, required=("landsat",))
+    with pytest.raises(ValueError, match="'naip': tiles of 160 m cells are not supported"):
+        convert.convert_tiles(tiles.root, tmp_path, supported=("naip", "sentinel2_l2a"))
     with pytest.raises(ValueError, match="never read from manifests"):
         convert.convert_tiles(tiles.root, tmp_path, supported=("era5", "sentinel2_l2a"))
     rc = convert_cli.main(["tiles", "--tile-path", str(tmp_path / "nowhere"), "--out",

@@ -10,8 +10,8 @@ Two inputs:
   behaviour, reproduced:
   - samples: every 10 m grid cell of an annual ("_monthly") manifest of a space+time
     sensor; a sensor is attached when its own manifest (annual for temporal sensors,
-    snapshot for the others) has the tile covering the cell (col, row divided by its
-    coverage scale / 16), read as a window when that tile is coarser than the cell;
+    snapshot for the others) has that cell (every manifest sensor of the registry is on
+    the 10 m cell grid, except naip, whose 160 m tiles are not supported: use naip_10);
   - each group raster is resampled to the sensor's stored edge (256 x its multiplier, or
     256 // |multiplier|) by strided subsampling [::k, ::k] or pixel repetition, groups are
     concatenated in group order and stored (H, W, T, C); era5_10 becomes (T, C);
@@ -189,7 +189,7 @@ def _resample_to_edge(a: np.ndarray, edge: int, what: str) -> np.ndarray:
 class _TileJob:
     root: str
     key: tuple
-    attached: dict  # label -> (cadence, sensor tile key, factor)
+    attached: dict  # label -> cadence
     times: dict  # label -> list of datetimes (temporal sensors)
     supported: tuple
     required: tuple
@@ -202,23 +202,17 @@ class _TileJob:
 def _load_sensor(job: _TileJob, label: str) -> np.ndarray:
     """The sensor's stored array ((H, W, T, C), or (T, C) for time-only), as read."""
     spec = sensors.get(label)
-    cadence, skey, factor = job.attached[label]
+    cadence = job.attached[label]
     edge = spec.stored_tile_edge
     parts = []
     n_times = len(job.times[label]) if spec.temporal else 1
     for grp in spec.groups:
-        path = raster_path(job.root, label, cadence, skey, grp)
+        path = raster_path(job.root, label, cadence, job.key, grp)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: raster of sensor {label!r} group "
                                     f"{list(grp.bands)} is missing")
         with rasterio.open(path) as ds:
-            window = None
-            if factor > 1:
-                size = ds.height // factor
-                _, col, row = job.key
-                window = rasterio.windows.Window((col % factor) * size, (row % factor) * size,
-                                                 size, size)
-            data = ds.read(window=window)
+            data = ds.read()
         c = len(grp.bands)
         if data.shape[0] != n_times * c:
             raise ValueError(f"{path}: {data.shape[0]} bands, expected {n_times} images x {c} "
@@ -324,6 +318,9 @@ def convert_tiles(root, out_root, *, supported: Sequence[str], required: Sequenc
         spec = sensors.get(label)
         if spec.skip_csv_parsing:
             raise ValueError(f"sensor {label!r} is never read from manifests by the converter")
+        if spec.coverage_scale != SAMPLE_SCALE:
+            raise ValueError(f"sensor {label!r}: tiles of {spec.coverage_pitch:g} m cells are "
+                             "not supported (samples are 10 m grid cells); use naip_10")
     missing_req = [lab for lab in required if lab not in supported]
     if missing_req:
         raise ValueError(f"required sensors {missing_req} are not in the supported list")
@@ -333,10 +330,15 @@ def convert_tiles(root, out_root, *, supported: Sequence[str], required: Sequenc
     manifests: dict[str, tuple[str, dict]] = {}
     for label in sensors.all_labels():
         spec = sensors.get(label)
-        if spec.skip_csv_parsing:
-            continue
         cadence = ANNUAL if spec.temporal else SNAPSHOT
         path = manifest_path(root, label, cadence)
+        if spec.skip_csv_parsing:
+            continue
+        if spec.coverage_scale != SAMPLE_SCALE:
+            if path.is_file():
+                notes.append(f"{path}: not read ({spec.coverage_pitch:g} m tiles are not "
+                             "supported)")
+            continue
         if path.is_file():
             tiles, skipped = read_manifest(path)
             manifests[label] = (cadence, tiles)
@@ -355,11 +357,9 @@ def convert_tiles(root, out_root, *, supported: Sequence[str], required: Sequenc
         for i, key in enumerate(cells):
             attached, times = {}, {}
             for label, (cadence, tiles) in manifests.items():
-                factor = max(1, sensors.get(label).coverage_scale // SAMPLE_SCALE)
-                skey = (key[0], key[1] // factor, key[2] // factor)
-                if skey in tiles:
-                    attached[label] = (cadence, skey, factor)
-                    times[label] = tiles[skey]
+                if key in tiles:
+                    attached[label] = cadence
+                    times[label] = tiles[key]
             jobs.append(_TileJob(str(root), key, attached, times, supported, tuple(required),
                                  tile_size, settings, str(tmp), i))
         results = _map(_convert_cell, jobs, workers)

@@ -185,7 +185,14 @@ class RasterFile:
             self._src = rasterio.open(self.path)
         except rasterio.errors.RasterioIOError as err:
             raise InputError(f"{self.path}: cannot open as a raster ({err})") from None
-        src = self._src
+        try:
+            self._setup(grid, bands, units, nodata, notes, undated)
+        except BaseException:
+            self._src.close()
+            raise
+
+    def _setup(self, grid, bands, units, nodata, notes, undated):
+        src, label = self._src, self.label
         self.date = file_date(self.path, src.tags())
         if self.date is None and undated is not None:
             self.date = undated
