@@ -319,8 +319,9 @@ def convert_tiles(root, out_root, *, supported: Sequence[str], required: Sequenc
         if spec.skip_csv_parsing:
             raise ValueError(f"sensor {label!r} is never read from manifests by the converter")
         if spec.coverage_scale != SAMPLE_SCALE:
-            raise ValueError(f"sensor {label!r}: tiles of {spec.coverage_pitch:g} m cells are "
-                             "not supported (samples are 10 m grid cells); use naip_10")
+            raise ValueError(f"sensor {label!r}: tiles of {spec.coverage_pitch * 256:g} m cells "
+                             "are not supported (samples are 2560 m cells of the 10 m grid); "
+                             "use naip_10")
     missing_req = [lab for lab in required if lab not in supported]
     if missing_req:
         raise ValueError(f"required sensors {missing_req} are not in the supported list")
@@ -336,8 +337,8 @@ def convert_tiles(root, out_root, *, supported: Sequence[str], required: Sequenc
             continue
         if spec.coverage_scale != SAMPLE_SCALE:
             if path.is_file():
-                notes.append(f"{path}: not read ({spec.coverage_pitch:g} m tiles are not "
-                             "supported)")
+                notes.append(f"{path}: not read ({spec.coverage_pitch * 256:g} m tiles are "
+                             "not supported)")
             continue
         if path.is_file():
             tiles, skipped = read_manifest(path)
