@@ -60,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--quicklook", help="PCA-to-RGB PNG of the embedding raster")
     p.add_argument("--no-months", action="store_true",
                    help="do not give the model the files' months")
+    p.add_argument("--gdal-cache-mb", type=int, default=128,
+                   help="GDAL block cache while embedding (MB)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -107,7 +109,8 @@ def main(argv=None) -> int:
             model, inputs, args.out, patch_size=args.patch_size, tile=args.tile,
             overlap=args.overlap, batch=args.batch, bands=bands, s1_units=args.s1_units,
             nodata=args.nodata, parquet=args.parquet, quicklook=args.quicklook,
-            progress=not args.no_progress, use_months=not args.no_months, notes=notes)
+            progress=not args.no_progress, use_months=not args.no_months, notes=notes,
+            gdal_cache_mb=args.gdal_cache_mb)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)

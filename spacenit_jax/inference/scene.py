@@ -12,7 +12,8 @@ last batch is padded with empty tiles, so the whole scene compiles one program; 
 the tiles (`tiling`) and stream finished rows into the output (`writers`).
 
 Memory is bounded by the tile batch and one tile row of the output: inputs are read
-window by window, outputs written row strip by row strip. While the device works on a
+window by window, outputs written row strip by row strip, and GDAL's block cache is
+capped (`gdal_cache_mb`). While the device works on a
 batch, the host reads the next one (JAX dispatches asynchronously).
 """
 
@@ -26,6 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import rasterio
 from rasterio import windows
 from rasterio.transform import Affine
 
@@ -35,6 +37,7 @@ from spacenit_jax.inference.api import TRACE_NAME, InferenceModel, load
 from spacenit_jax.sensors import SensorKind
 
 log = logging.getLogger(__name__)
+GDAL_CACHE_MB = 128
 
 
 @dataclasses.dataclass
@@ -78,7 +81,8 @@ def embed_scene(model, inputs, out, *, patch_size: int | None = None, tile: int 
                 overlap: int = 32, batch: int = 8, bands: Mapping[str, Sequence[str]] | None
                 = None, s1_units: str | None = None, nodata: float | None = None,
                 parquet=None, quicklook=None, progress: bool = True, check: bool = True,
-                use_months: bool = True, notes: Sequence[str] = ()) -> SceneResult:
+                use_months: bool = True, notes: Sequence[str] = (),
+                gdal_cache_mb: int = GDAL_CACHE_MB) -> SceneResult:
     """Embed a scene; see the module docstring.
 
     model: an InferenceModel or a path for `load`. inputs: {sensor label: [GeoTIFF paths]}
@@ -87,8 +91,18 @@ def embed_scene(model, inputs, out, *, patch_size: int | None = None, tile: int 
     bands: {sensor: band names} for files without band descriptions. s1_units: "auto"
     (default), "db" or "linear". nodata: overrides the files' nodata value. parquet /
     quicklook: optional GeoParquet of pooled per-tile embeddings and PCA PNG. use_months:
-    give the model each timestep's month when the files are dated.
+    give the model each timestep's month when the files are dated. gdal_cache_mb: GDAL's
+    block cache while the scene runs (GDAL's default, 5% of RAM, would keep most of a
+    large input scene in memory).
     """
+    with rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)):
+        return _embed_scene(model, inputs, out, patch_size, tile, overlap, batch, bands,
+                            s1_units, nodata, parquet, quicklook, progress, check, use_months,
+                            notes)
+
+
+def _embed_scene(model, inputs, out, patch_size, tile, overlap, batch, bands, s1_units, nodata,
+                 parquet, quicklook, progress, check, use_months, notes) -> SceneResult:
     t_start = time.perf_counter()
     if not isinstance(model, InferenceModel):
         model = load(model)
