@@ -7,7 +7,8 @@ into an uncompressed tiled temporary GeoTIFF next to the output (partial block w
 would otherwise re-compress blocks), which GDAL's COG driver then copies into the final
 Cloud-Optimized GeoTIFF: 256 x 256 blocks, DEFLATE with the floating-point predictor,
 pixel-interleaved (one block read gives whole embeddings), averaged overviews, BigTIFF
-when needed. Both steps stream block by block.
+when needed. Both steps stream block by block; the COG is renamed into place at the end,
+so an interrupted run never leaves a half-written output.
 """
 
 from __future__ import annotations
@@ -68,13 +69,16 @@ class EmbeddingRasterWriter:
             if self.rows_written != self.height:
                 raise RuntimeError(f"{self.path}: {self.rows_written} of {self.height} rows "
                                    "were written")
+            cog = self.path.with_name(f".{self.path.name}.cog.tif")
             rasterio.shutil.copy(
-                self.tmp, self.path, driver="COG", COMPRESS=self.compress, PREDICTOR="YES",
+                self.tmp, cog, driver="COG", COMPRESS=self.compress, PREDICTOR="YES",
                 BLOCKSIZE=str(BLOCK), OVERVIEWS="AUTO", RESAMPLING="AVERAGE",
                 BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+            os.replace(cog, self.path)  # a crash never leaves a half-written output
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.tmp)
+            for f in (self.tmp, self.path.with_name(f".{self.path.name}.cog.tif")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f)
         return self.path
 
     def abort(self) -> None:
