@@ -26,7 +26,9 @@ def build_workload(config, model_cfg, objective, args):
     import numpy as np
 
     from spacenit_jax import sensors
-    from spacenit_jax.data import crop, masking, packing
+    from spacenit_jax.data import budget as token_budget
+    from spacenit_jax.data import masking, packing, tokenize
+    from spacenit_jax.data import plan as packing_plan
 
     layout = model_cfg.layout
     h, t, p = args.crop_patches, args.timesteps, args.patch_size
@@ -38,15 +40,15 @@ def build_workload(config, model_cfg, objective, args):
         else:
             fixed += h * h * g
     budget = fixed + per_step * t  # the token budget whose crop has exactly T timesteps
-    assert crop.timesteps_for_budget(layout, h, budget) == t
+    assert token_budget.timesteps_for_budget(layout, h, budget) == t
     strategy = masking.build_masking(config.data.masking.to_dict() if objective.masked
                                      else "none")
-    n = packing.hw_shape(layout, budget, h, strategy).tokens
-    row_length = args.row_length or packing.align_up(n, 8)
+    n = token_budget.hw_shape(layout, budget, h, strategy).tokens
+    row_length = args.row_length or packing_plan.align_up(n, 8)
     k = max(row_length // n, 1)
     rows = -(-args.samples // k)
     rows = -(-rows // args.row_multiple) * args.row_multiple
-    plan = packing.PackingPlan.build(layout, budget, [h], rows, row_length, strategy)
+    plan = packing_plan.PackingPlan.build(layout, budget, [h], rows, row_length, strategy)
     rng = np.random.default_rng(args.seed)
     views = {}
     for v in range(objective.num_views):
@@ -60,7 +62,7 @@ def build_workload(config, model_cfg, objective, args):
                 arrays[label] = rng.normal(size=(pix, pix, tt, spec.num_channels)).astype(np.float32)
             masks = masking.mask_sample(layout, arrays, p, strategy, rng, 0)
             months = rng.integers(0, 12, size=t)
-            prepared.append(packing.prepare_sample(layout, arrays, p, months, masks))
+            prepared.append(tokenize.prepare_sample(layout, arrays, p, months, masks))
         view, _ = packing.pack_view(plan, layout, prepared, h)
         views["view_a" if v == 0 else "view_b"] = view
     return views, plan, n

@@ -117,7 +117,7 @@ def _bootstrap(preds, labels, args) -> dict:
 
 
 def run_features_mode(args) -> dict:
-    from spacenit_jax.eval import knn, linear_probe
+    from spacenit_jax.eval import knn, linear_probe, validation
 
     args.mode = args.mode or "knn"
     if args.mode == "finetune":
@@ -127,6 +127,10 @@ def run_features_mode(args) -> dict:
     train_x, train_y = load_npz(args.features, "--features")
     eval_x, eval_y = load_npz(args.eval_features, "--eval-features")
     multilabel = train_y.ndim == 2
+    task = "multilabel" if multilabel else "classification"
+    validation.check_eval_inputs({"train": (train_x, train_y), "eval": (eval_x, eval_y)},
+                                 task=task, num_classes=args.num_classes,
+                                 sources={"train": args.features, "eval": args.eval_features})
     if eval_y.ndim != train_y.ndim:
         raise ValueError("train and eval labels disagree: one is multi-hot, the other is not")
     num_classes = args.num_classes or (train_y.shape[1] if multilabel else
@@ -143,6 +147,10 @@ def run_features_mode(args) -> dict:
     else:
         if args.val_features:
             val_x, val_y = load_npz(args.val_features, "--val-features")
+            validation.check_eval_inputs(
+                {"train": (train_x, train_y), "valid": (val_x, val_y)}, task=task,
+                num_classes=args.num_classes,
+                sources={"train": args.features, "valid": args.val_features})
             val_source = f"file {args.val_features}"
         else:
             train_x, train_y, val_x, val_y = carve_validation(train_x, train_y,

@@ -51,6 +51,17 @@ def manager(workdir, *, keep: int = 3, keep_every: int | None = None, async_save
                                  item_handlers=handlers, options=options)
 
 
+def item_manager(directory, item_names, *, keep: int = 1) -> ocp.CheckpointManager:
+    """A synchronous manager of named items in `directory` (created when missing), keeping
+    the latest `keep` steps: the checkpoints of tools other than pretraining, such as
+    fine-tuning's per-epoch state. Save and restore with `ocp.args.Composite` of the items
+    (e.g. StandardSave / JsonSave); each step is written atomically."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
+                                           create=True)
+    return ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_names=tuple(item_names),
+                                 options=options)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, *, params, train=None, data_iterator=None,
          config: dict, force: bool = False) -> bool:
     args = {"params": ocp.args.StandardSave(params), "config": ocp.args.JsonSave(config)}
@@ -181,7 +192,7 @@ def load_model(path, step: int | None = None) -> LoadedModel:
     nothing is initialised twice."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
+    from flax import nnx, traverse_util
 
     from spacenit_jax.model import models
 
@@ -194,7 +205,7 @@ def load_model(path, step: int | None = None) -> LoadedModel:
         src = im.read_source(where)
         flat = im.state_dict_to_params(src.cfg, src.kind, src.state_dict,
                                        where=str(src.weights_file))
-        cfg, kind, params, step = src.cfg, src.kind, im.nest(flat), src.step
+        cfg, kind, params, step = src.cfg, src.kind, traverse_util.unflatten_dict(flat), src.step
         run_config = {"model": {"config": config_to_dict(cfg), "kind": kind},
                       "imported_from": {"source": str(where), "format": src.format}}
     else:

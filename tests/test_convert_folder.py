@@ -18,7 +18,6 @@ import rasterio
 from launch import convert as convert_cli
 from spacenit_jax import sensors
 from spacenit_jax.data import h5
-from spacenit_jax.data.pipeline import read_full_sample
 from spacenit_jax.inference import convert
 from spacenit_jax.sensors import MISSING_VALUE
 
@@ -90,7 +89,7 @@ def test_samples_hold_the_geotiff_pixels(converted, data_dir):
 def test_training_reader_reads_it(converted):
     source = h5.H5Source(converted.path, LABELS)
     assert len(source) == 98
-    s = read_full_sample(source, 0)
+    s = source.read(0)
     assert s.arrays["sentinel2_l2a"].shape == (32, 32, 12, 12)  # padded to 12 timesteps
     assert (s.arrays["sentinel2_l2a"][:, :, 1:] == MISSING_VALUE).all()
     assert s.timestamps.shape == (12, 3) and s.timestamps[0].tolist() == [21, 6, 2021]

@@ -18,7 +18,6 @@ from rasterio.transform import from_origin
 from launch import convert as convert_cli
 from spacenit_jax import sensors
 from spacenit_jax.data import h5
-from spacenit_jax.data.pipeline import read_full_sample
 from spacenit_jax.inference import convert
 from spacenit_jax.sensors import MISSING_VALUE
 
@@ -198,11 +197,11 @@ def test_arrays_are_resampled_concatenated_and_subtiled(tiles, result):
 
 def test_the_training_reader_reads_the_conversion(result):
     source = h5.H5Source(result.path, ("sentinel2_l2a", "sentinel1", "srtm", "worldcover"))
-    s = read_full_sample(source, 1)
+    s = source.read(1)
     assert s.arrays["sentinel1"].shape == (128, 128, 12, 2)
     assert (s.arrays["sentinel1"][:, :, [3, 7]] == MISSING_VALUE).all()
     assert (s.arrays["sentinel1"][:, :, [0, 1, 2, 4]] != MISSING_VALUE).all()
-    later = read_full_sample(source, 5)  # cell C: no S1, no SRTM
+    later = source.read(5)  # cell C: no S1, no SRTM
     assert later.missing == frozenset({"sentinel1", "srtm", "worldcover"})
 
 

@@ -16,9 +16,8 @@ from inference_tiny import SENSORS, save_tiny, tiny_config
 
 import spacenit_jax
 from spacenit_jax import checkpoint, sensors, tracing
-from spacenit_jax.data import masking, normalize, packing
+from spacenit_jax.data import masking, normalize, packing, plan, tokenize
 from spacenit_jax.data.h5 import H5Source
-from spacenit_jax.data.pipeline import read_full_sample
 from spacenit_jax.inference import convert, prepare
 from spacenit_jax.model.encoder import image_tokens
 from spacenit_jax.sensors import MISSING_VALUE
@@ -108,7 +107,7 @@ def pipeline_sample(source: H5Source, loc_index: int, r: int, c: int):
     """The sample of location `loc_index` at sample row r, column c (7 x 7 per location),
     as the training pipeline reads and normalises it."""
     i = loc_index * 49 + r * 7 + c
-    s = read_full_sample(source, i)
+    s = source.read(i)
     return s, normalize.normalize_sample(s.arrays, source.dtype, True)
 
 
@@ -143,9 +142,9 @@ def test_encode_equals_the_training_encoder_on_the_same_sample(raw, converted, t
     strategy = masking.NoMasking()
     masks = masking.mask_sample(cfg.layout, pipe, p, strategy, np.random.default_rng(0))
     months = np.clip(s.timestamps[:, 1], 0, 11)
-    prep = packing.prepare_sample(cfg.layout, pipe, p, months, masks)
-    plan = packing.PackingPlan.build(cfg.layout, 2250, [4], 1, 1024, strategy)
-    view, _ = packing.pack_view(plan, cfg.layout, [prep], 4)
+    prep = tokenize.prepare_sample(cfg.layout, pipe, p, months, masks)
+    pplan = plan.PackingPlan.build(cfg.layout, 2250, [4], 1, 1024, strategy)
+    view, _ = packing.pack_view(pplan, cfg.layout, [prep], 4)
     model = checkpoint.load_model(tmp_path / "lp").model
     x, stream = model.encoder(jax.tree.map(np.asarray, view.patches), view.tokens, view.online)
     x, stream = np.asarray(x[0]), jax.tree.map(lambda a: np.asarray(a[0]), stream)

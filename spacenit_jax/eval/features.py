@@ -1,4 +1,4 @@
-"""Features of a (pretrained) model for kNN, linear probes and fine-tuning (spec §9.1).
+"""Features of a (pretrained) model for kNN, linear probes and fine-tuning.
 
 What is extracted, by `FeatureConfig`:
 
@@ -15,7 +15,8 @@ What is extracted, by `FeatureConfig`:
   patch position (B, Hp*Wp, D), the mean over that position's groups, timesteps and sensors:
   the input of the segmentation probe). Sensor-type tokens are never pooled, whatever the
   preset (the reference's eval adapter excludes them), and neither are ABSENT tokens.
-- ABSENT tokens (every underlying pixel = -99999, spec §6.5) are found on the device from the
+- ABSENT tokens (every underlying pixel = -99999, the missing-data fill; a patch with any
+  real pixel is present) are found on the device from the
   images and marked ABSENT in the view's visibility mask, so the encoder does not see them;
   a sensor whose tokens are all ABSENT also loses its type token.
 - patch_size (default 4, the task default), months (off by default: the reference's eval
@@ -29,7 +30,10 @@ module-level `jax.jit` with the model's graph definition as a static argument, s
 is compiled per (model structure, input shape, options) and reused by every extractor, every
 split and every in-loop evaluation of a run. The last batch is padded to the batch size by
 repeating its last sample and the padding is dropped, so a split needs one shape only.
-`tracing.trace_count("extract")` counts its traces.
+`tracing.trace_count("extract")` counts its traces. `extract` shows a progress bar
+(batches/s, ETA; advanced as batches finish on the device, without waiting for them) and
+checks the features it returns: a non-finite row raises validation.EvalInputError naming the
+split and the sample indices (and which of them had non-finite pixels).
 
 Single process only: with several JAX processes the outputs are gathered with
 `multihost_utils.process_allgather`, but every process must feed the same batches.
@@ -49,6 +53,8 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from spacenit_jax import sensors, tracing
+from spacenit_jax.eval import progress as progress_lib
+from spacenit_jax.eval import validation
 from spacenit_jax.model import heads, models
 from spacenit_jax.model.config import ModelConfig
 from spacenit_jax.tokenization import SensorGrid, sample_tokens
@@ -277,12 +283,14 @@ def _extract_batch(graphdef, state, images, months, opts: EncodeOptions):
 
 @dataclasses.dataclass
 class ArraySplit:
-    """A split held in memory: images (N, H, W, T, C) of one sensor, labels, months (N, T)."""
+    """A split held in memory: images (N, H, W, T, C) of one sensor, labels, months (N, T),
+    and the split's name for messages ("train", "valid", ...; "" when unknown)."""
 
     images: np.ndarray
     labels: np.ndarray
     sensor: str
     months: np.ndarray | None = None
+    name: str = ""
 
     def __post_init__(self):
         if self.images.ndim != 5 or self.images.shape[0] != self.labels.shape[0]:
@@ -296,7 +304,7 @@ class ArraySplit:
     def from_dataset(cls, dataset) -> ArraySplit:
         """Load a dataset of EvalSamples (GeoBench, synthetic) into memory."""
         images, labels, months, sensor = _stack(dataset, 0, len(dataset))
-        return cls(images, labels, sensor, months)
+        return cls(images, labels, sensor, months, str(getattr(dataset, "split", "") or ""))
 
 
 def _stack(data, start: int, stop: int):
@@ -415,25 +423,42 @@ class FeatureExtractor:
                               None if months is None else self._put(np.asarray(months)),
                               self.opts)
 
-    def extract(self, data) -> Features:
+    def extract(self, data, *, split: str | None = None, progress: bool | None = None
+                ) -> Features:
         """Features and labels of a whole split: a dataset of EvalSamples or an ArraySplit.
 
+        split: the split's name in messages and on the progress bar (default: the data's
+        `split` or `name` attribute, else "eval"). progress: a tqdm bar on stderr with
+        batches/s and ETA (None: when stderr is a terminal, see `progress.bar`).
+
         Host loading of the next batch overlaps the device work of the previous one (async
-        dispatch); everything is fetched to the host at the end.
+        dispatch); everything is fetched to the host at the end. Then the features are
+        checked: a non-finite row raises validation.EvalInputError naming the split and the
+        sample indices, and whether their images had non-finite pixels.
         """
         n = len(data)
+        split = split or getattr(data, "split", None) or getattr(data, "name", None) or "eval"
         if n == 0:
-            raise ValueError("cannot extract features of an empty split")
+            raise validation.EvalInputError(f"{split} split: no samples (empty split)")
         bs = self.config.batch_size
-        outs, labels = [], []
-        for start in range(0, n, bs):
-            images, y, months, sensor = _stack(data, start, min(start + bs, n))
-            real = images.shape[0]
-            images = _pad(images, bs)
-            months = None if months is None else _pad(months, bs)
-            outs.append((self.embed_batch(images, sensor, months), real))
-            labels.append(y)
-        feats = np.concatenate([_to_host(o)[:real] for o, real in outs])
+        outs, labels, bad_inputs = [], [], []
+        with progress_lib.bar(-(-n // bs), f"features {split}", unit="batch",
+                              enabled=progress) as bar:
+            tracker = progress_lib.DeviceProgress(bar)
+            for start in range(0, n, bs):
+                images, y, months, sensor = _stack(data, start, min(start + bs, n))
+                real = images.shape[0]
+                finite = np.isfinite(images).reshape(real, -1).all(axis=1)
+                bad_inputs.extend(start + np.flatnonzero(~finite))
+                images = _pad(images, bs)
+                months = None if months is None else _pad(months, bs)
+                out = self.embed_batch(images, sensor, months)
+                tracker.dispatched(out)
+                outs.append((out, real))
+                labels.append(y)
+            feats = np.concatenate([_to_host(o)[:real] for o, real in outs])
+            tracker.finish()
+        validation.check_extracted(feats, split=split, bad_inputs=bad_inputs)
         return Features(feats, np.concatenate(labels))
 
 

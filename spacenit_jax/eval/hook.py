@@ -1,4 +1,4 @@
-"""In-loop evaluation during pretraining (spec §10, DownstreamEvalHook).
+"""In-loop evaluation during pretraining (the reference's DownstreamEvalHook).
 
 Interface for the training loop:
 
@@ -37,7 +37,11 @@ Interface for the training loop:
   whose sensor the model does not have is an error at construction.
 - A dataset that is not there (FileNotFoundError: $GEOBENCH_DIR unset or wrong, missing
   files) is reported once with logging.warning and the task is skipped for the rest of the
-  run (`skipped` lists them). Other errors propagate: they are bugs, not missing data.
+  run (`skipped` lists them). Invalid inputs (validation.EvalInputError: non-finite images
+  or features, labels outside the classes, ...; the message names the split and rows) are
+  reported with logging.error and skip the task likewise, so a bad benchmark sample or a
+  diverged model does not stop pretraining (its own non-finite checks do that) and no score
+  is computed from them. Other errors propagate: they are bugs, not missing data.
 
 Cost: a task's splits are read once and kept in memory; features go through one compiled
 program per input shape that is reused at every evaluation (the parameters are an argument,
@@ -53,6 +57,7 @@ from collections.abc import Sequence
 
 from spacenit_jax.eval import features as feat
 from spacenit_jax.eval import tasks as tasks_lib
+from spacenit_jax.eval.validation import EvalInputError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +133,13 @@ class InLoopEvaluator:
             data = self._load(task)
             if data is None:
                 continue
-            out.update(self._run(task, data, model))
+            try:
+                out.update(self._run(task, data, model))
+            except EvalInputError as err:
+                log.error("in-loop eval task %r skipped for the rest of the run: %s",
+                          task.name, err)
+                self.skipped.add(task.name)
+                continue
             out[f"eval_time/{task.name}"] = time.perf_counter() - start
             log.info("step %s: eval %s = %.4f (%.1f s)", step, task.name,
                      out.get(f"eval/{task.name}", float("nan")), out[f"eval_time/{task.name}"])
@@ -150,7 +161,8 @@ class InLoopEvaluator:
     def _run(self, task, data, model) -> dict[str, float]:
         extractor = feat.FeatureExtractor(model, feat.feature_config_from(task),
                                           devices=self.devices, mesh=self.mesh)
-        feats = {s: extractor.extract(split) for s, split in data.items()}
+        feats = {s: extractor.extract(split, split=s, progress=False)
+                 for s, split in data.items()}
         rows = tasks_lib.evaluate_features(task, task.mode, feats, splits=self.splits)
         out = {}
         for row in rows:

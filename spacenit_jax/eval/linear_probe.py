@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spacenit_jax.eval import metrics
+from spacenit_jax.eval import metrics, validation
 
 DEFAULT_LRS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 5e-1)
 TASKS = ("classification", "multilabel", "segmentation")
@@ -416,6 +416,8 @@ class ProbeFit:
 
     def predict(self, x, lr_index: int | None = None) -> np.ndarray:
         """Integer classes (N,), multi-hot (N, C) or pixel classes (N, H, W)."""
+        validation.check_eval_inputs({"query": (x, None)}, task=self.config.task,
+                                     feature_dim=self.params["w"].shape[1])
         x = jnp.asarray(x, jnp.float32)
         _check_features(x, self.config, "query")
         return np.asarray(_predict_all(self.params_at(lr_index), self.standardizer, x,
@@ -432,6 +434,8 @@ class ProbeFit:
 
 def score_predictions(preds, y, config: ProbeConfig) -> dict[str, float]:
     """Host-side scores of predictions from `ProbeFit.predict` (also used by bootstrap)."""
+    validation.check_labels(y, task=config.task, num_classes=config.num_classes,
+                            rows=np.shape(preds)[0], split="query")
     if config.task == "multilabel":
         f1 = float(metrics.micro_f1(preds, y))
         return {"primary": f1, "micro_f1": f1, "exact_match": float(metrics.exact_match(preds, y))}
@@ -450,6 +454,8 @@ def fit_linear_probe(train_x, train_y, val_x=None, val_y=None, *,
     (N, C) multi-hot, or (N, H, W) ints with -1 = ignore. Without validation data each lr keeps
     its final state, and a sweep of more than one lr is refused (nothing to select on).
     """
+    validation.check_eval_inputs({"train": (train_x, train_y), "valid": (val_x, val_y)},
+                                 task=config.task, num_classes=config.num_classes)
     train_x = jnp.asarray(train_x, jnp.float32)
     _check_features(train_x, config, "train")
     _check_labels(train_x, np.asarray(train_y), config, "train")

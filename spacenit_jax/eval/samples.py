@@ -3,7 +3,8 @@
 One sensor image per sample, channel-last (H, W, T=1, C) float32 in the SpaceNit band order of
 that sensor (see `spacenit_jax.sensors`), already normalised; a label (int class, a multi-hot
 vector for multilabel tasks, or an (H, W) class map for segmentation, -1 = ignore); and timestamps (T, 3) = [day, month index (0-based), year]. The
-reference stamps single-date benchmark images [1, 6, 2020] (spec §9.6), and so do we.
+reference stamps single-date benchmark images [1, 6, 2020] (day 1, month index 6 = July,
+2020), and so do we.
 """
 
 from __future__ import annotations
