@@ -82,7 +82,7 @@ class PipelineConfig:
     token_budget: int = 2250
     patch_sizes: tuple[int, ...] = tuple(range(1, 9))
     hw_p_list: tuple[int, ...] = tuple(range(1, 13))
-    rows: int = 8  # R: rows per host batch
+    rows: int = 16  # R: rows per host batch (divisible by 1, 2, 4, 8 or 16 local devices)
     row_length: int | None = None  # L_t; None: smallest multiple of `align` >= max n(hw)
     online_length: int | None = None  # L_o; None: chosen by the plan
     decoder_length: int | None = None  # L_d; None: chosen by the plan
@@ -432,8 +432,11 @@ class Pipeline:
 
 
 def _ensure_flags_parsed() -> None:
-    """Grain's worker processes read absl flags; outside absl.app.run they are unparsed
-    and reading them raises UnparsedFlagAccessError: mark them parsed."""
+    """Grain 0.2.18's mp_prefetch reads an absl flag when it starts its workers
+    (grain_enable_multiprocess_worker_profiling, in grain/_src/core/profiler.py); outside
+    absl.app.run (library use, notebooks, tests) the flags are unparsed and that read
+    raises UnparsedFlagAccessError. The launchers parse flags through absl; for everyone
+    else, mark them parsed (their defaults)."""
     from absl import flags
 
     if not flags.FLAGS.is_parsed():

@@ -1,6 +1,11 @@
-"""In-loop evaluation during pretraining (the reference's DownstreamEvalHook).
+"""In-loop evaluation during pretraining (the original's DownstreamEvalHook), as a hook of
+the training loop:
 
-Interface for the training loop:
+    from spacenit_jax.eval import hook
+    trainer = loop.Trainer.create(config, workdir)
+    hook.attach(trainer)   # the tasks of config.eval, each at its own interval
+
+or by hand:
 
     from spacenit_jax.eval.hook import InLoopEvaluator, load_tasks
 
@@ -173,3 +178,23 @@ class InLoopEvaluator:
             if row["primary"] and row["split"] == "valid":
                 out[f"eval/{task.name}"] = row["value"]
         return out
+
+
+def attach(trainer, eval_config=None) -> InLoopEvaluator | None:
+    """Add the evaluator of a run's `eval` section (default: trainer.config.eval) to a
+    Trainer as its "eval" hook; None (nothing added) when the section has no tasks.
+
+    The hook runs after every step but builds the model view and evaluates only at steps
+    where a task is due; its metrics go to the run's metrics.jsonl / W&B at that step.
+    """
+    eval_config = trainer.config.eval if eval_config is None else eval_config
+    if not eval_config.tasks:
+        return None
+    evaluator = InLoopEvaluator.from_config(eval_config, trainer.model_cfg, mesh=trainer.mesh)
+
+    def run(info):
+        return evaluator.maybe_evaluate(info.step, info.model()) if evaluator.due(info.step) \
+            else None
+
+    trainer.hooks.add("eval", 1, run)
+    return evaluator
