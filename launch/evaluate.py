@@ -60,6 +60,7 @@ SUITES = ("geobench", "geobench2")
 def _resolve_config_arg(argv: list[str], suite: bool) -> list[str]:
     """Resolve the --config value (bare names, paths relative to the repository) in argv;
     in suite mode without --config, use configs/eval/suite.py."""
+    from spacenit_jax import cli
     from spacenit_jax.eval import tasks
 
     out, found = [], False
@@ -75,7 +76,11 @@ def _resolve_config_arg(argv: list[str], suite: bool) -> list[str]:
             out.append(arg)
         else:
             path, sep, extra = value.partition(":")
-            out.append(f"--config={tasks.resolve_config_path(path)}{sep}{extra}")
+            try:
+                resolved = tasks.resolve_config_path(path)
+            except FileNotFoundError as err:
+                raise cli.UsageError(f"--config: {err}") from None
+            out.append(f"--config={resolved}{sep}{extra}")
             found = True
         i += 1
     if suite and not found:
@@ -84,16 +89,21 @@ def _resolve_config_arg(argv: list[str], suite: bool) -> list[str]:
 
 
 def parse_flags(argv: list[str]):
-    """absl flags (a private FlagValues, so main() can run many times in one process)."""
+    """absl flags into a private FlagValues (so main() can run many times in one process),
+    parsed by `spacenit_jax.cli.parse`: every mistake is one UsageError line."""
     from absl import flags
     from ml_collections import config_flags
 
+    from spacenit_jax import cli
+    from spacenit_jax.eval import tasks
+
     suite = any(a == "--suite" or a.startswith("--suite=") for a in argv)
+    given = any(a == "--config" or a.startswith("--config=") for a in argv)
     argv = ["evaluate", *_resolve_config_arg(list(argv), suite)]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "task config (path.py[:arg] or a bare "
                                     "name of configs/eval); --config.<field>=<value> "
-                                    "overrides a field", flag_values=fv, sys_argv=argv)
+                                    "overrides a field", flag_values=fv, lock_config=True)
     d = {"flag_values": fv}
     flags.DEFINE_string("checkpoint", None, "pretraining workdir, checkpoint or export", **d)
     flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)", **d)
@@ -126,34 +136,16 @@ def parse_flags(argv: list[str]):
     flags.DEFINE_boolean("progress", None, "progress bars with ETA on stderr (feature "
                          "extraction, probes, fine-tuning); default: when stderr is a "
                          "terminal; --progress / --noprogress force them on / off", **d)
-    rest = fv(argv)
+    # the suite settings double as the (unused) config of the other modes when none is given
+    rest = cli.parse(argv, fv, configs={"config": str(tasks.resolve_config_path("suite"))})
     if len(rest) > 1:
-        raise flags.Error(f"unexpected arguments {rest[1:]} (list flags take "
-                          "comma-separated values, e.g. --lrs=1e-3,1e-2)")
+        raise cli.UsageError(f"unexpected arguments {rest[1:]} (list flags take "
+                             "comma-separated values, e.g. --lrs=1e-3,1e-2)")
     names = [f for f in fv if not f.startswith("config")] + ["config"]
     args = SimpleNamespace(**{n.replace("-", "_"): fv[n].value for n in names})
-    args.config_overrides = ({} if fv["config"].value is None
-                             else config_flags.get_override_values(fv["config"]))
+    args.config_given = given
+    args.config_overrides = config_flags.get_override_values(fv["config"])
     return args
-
-
-def _one_line(err: BaseException) -> str:
-    """The message of an error as one line (the last meaningful line of a traceback-like
-    message; an unknown config field with its "did you mean" hint)."""
-    text = str(err)
-    if isinstance(err, KeyError | AttributeError) and err.args and isinstance(err.args[0], str):
-        text = err.args[0]
-    text = text.replace("\\n", "\n").replace("\\'", "'").strip()
-    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a quoted repr
-        text = text[1:-1]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return type(err).__name__
-    if "Traceback" in text:  # an error raised inside a config file: its own message
-        return f"{lines[0].rstrip(':')}: {lines[-1]}"
-    if isinstance(err, AttributeError) and len(lines) > 1:  # unknown config field
-        return f"unknown config field {lines[0]} ({lines[1]})"
-    return " ".join(lines)
 
 
 # --------------------------------------------------------------------------- features mode
@@ -338,7 +330,7 @@ def run_checkpoint_mode(args) -> dict:
     from spacenit_jax import checkpoint
     from spacenit_jax.eval import suite, tasks
 
-    if args.config is None:
+    if not args.config_given:
         raise ValueError("--checkpoint needs --config (an eval task config such as "
                          "configs/eval/m_eurosat.py) or --suite")
     cfg = tasks.as_task_config(args.config)
@@ -386,7 +378,8 @@ def _write(path, text: str) -> None:
 
 
 def main(argv=None) -> int:
-    from absl import flags
+    """The command line; every mistake is one `error:` line on stderr and exit code 2."""
+    from spacenit_jax import cli
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv):
@@ -394,14 +387,10 @@ def main(argv=None) -> int:
         return 0
     try:
         args = parse_flags(argv)
-    except (flags.Error, FileNotFoundError, AttributeError, KeyError, ValueError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    try:
         if args.features:
-            if args.checkpoint or args.suite or args.config_overrides:
+            if args.checkpoint or args.suite or args.config_given or args.config_overrides:
                 raise ValueError("--features scores saved embeddings; --checkpoint, --suite "
-                                 "and --config.* belong to the model-based modes")
+                                 "and --config belong to the model-based modes")
             result = run_features_mode(args)
             text = json.dumps(result)
             print(text)
@@ -430,8 +419,8 @@ def main(argv=None) -> int:
         if args.out:
             _write(args.out, json.dumps(result, indent=1) + "\n")
         return 0
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+    except (cli.UsageError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {cli.one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -134,13 +134,17 @@ def _check_field(name: str, config: ConfigDict, path: str) -> None:
         walked.append(part)
 
 
-def parse(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+def parse(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS,
+          configs: Mapping[str, str | None] | None = None) -> list[str]:
     """Parse the command line into `flag_values`; returns the remaining arguments.
 
     Raises UsageError (one line) for every mistake described in the module docstring.
+    configs: {flag name: default spec, or None if required} of the config flags (default:
+    those defined with `define_config`); a launcher that parses into its own FlagValues
+    (several command lines in one process) gives its own.
     """
     argv = list(argv)
-    for name, default in _CONFIGS.items():
+    for name, default in (_CONFIGS if configs is None else configs).items():
         index, spec = _config_spec(name, argv[1:])
         if index < 0:
             if default is None:

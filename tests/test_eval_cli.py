@@ -146,13 +146,14 @@ def test_checkpoint_mode_finetune_resumes_from_its_directory(workdir, tmp_path, 
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--config.patch_sise=8"], "unknown config field 'patch_sise' (Did you mean "
-                                "\"patch_size\""),
+    (["--config.patch_sise=8"], "--config.patch_sise: unknown field 'patch_sise' in the "
+                                "config; did you mean 'patch_size'?"),
+    (["--config.knn.kk=8"], "unknown field 'kk' in knn; did you mean 'knn.k'?"),
     (["--config.knn.k=three"], "--config.knn.k=three: invalid literal for int()"),
     (["--config.pooling=median"], "pooling must be one of"),
     (["--config=configs/eval/synthetic.py:huge"], "unknown arg 'huge'"),
-    (["--config=configs/eval/nowhere.py"], "config file configs/eval/nowhere.py does not "
-                                           "exist"),
+    (["--config=configs/eval/nowhere.py"], "--config: config file configs/eval/nowhere.py "
+                                           "does not exist"),
 ])
 def test_checkpoint_mode_config_errors(workdir, capsys, extra, message):
     config = [] if any(a.startswith("--config=") for a in extra) else ["--config", SMALL]
