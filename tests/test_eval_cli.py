@@ -229,3 +229,27 @@ def test_benchmark_eval_smoke(capsys):
     assert result["probe_lbfgs"]["recipe"] == "lbfgs" and "C" in result["probe_lbfgs"]
     assert result["probe_reference_adamw"]["recipe"] == "reference_adamw"
     assert result["knn"]["seconds_without_compile"] >= 0
+
+
+def test_features_mode_reads_dense_segmentation_and_regression_arrays(tmp_path, capsys):
+    """Saved patch tokens (N, T, D) with class maps (segmentation) or float maps (dense
+    regression): the linear probe runs on them (L-BFGS, ridge)."""
+    rng = np.random.default_rng(3)
+    tokens = rng.normal(size=(12, 4, 6)).astype(np.float32)
+    classes = rng.integers(0, 2, (12, 8, 8))
+    targets = rng.normal(size=(12, 8, 8)).astype(np.float32)
+    for name, labels in (("seg", classes), ("reg", targets)):
+        np.savez(tmp_path / f"{name}_tr.npz", features=tokens[:8], labels=labels[:8])
+        np.savez(tmp_path / f"{name}_te.npz", features=tokens[8:], labels=labels[8:])
+    common = ["--mode", "linear_probe", "--val-fraction", "0.25", "--n-bootstrap", "10"]
+    assert evaluate.main(["--features", str(tmp_path / "seg_tr.npz"), "--eval-features",
+                          str(tmp_path / "seg_te.npz"), "--cs=1", "--max-iter", "10",
+                          *common]) == 0
+    seg = json.loads(capsys.readouterr().out)
+    assert (seg["task"], seg["metric"], seg["recipe"]) == ("segmentation", "miou", "lbfgs")
+    assert 0 <= seg["score"] <= 1 and "bootstrap_ci_lower" in seg
+    assert evaluate.main(["--features", str(tmp_path / "reg_tr.npz"), "--eval-features",
+                          str(tmp_path / "reg_te.npz"), *common]) == 0
+    reg = json.loads(capsys.readouterr().out)
+    assert (reg["task"], reg["metric"], reg["recipe"]) == ("regression", "rmse", "ridge")
+    assert reg["score"] == pytest.approx(reg["rmse"]) and reg["score"] > 0
