@@ -10,6 +10,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict, config_dict
 
 from spacenit_jax import sensors
+from spacenit_jax.train import config as run_config
 
 
 def parse_arg(arg: str | None, **defaults) -> ConfigDict:
@@ -27,27 +28,6 @@ def parse_arg(arg: str | None, **defaults) -> ConfigDict:
         else:
             out[key] = type(defaults[key])(value)
     return ConfigDict(out)
-
-
-def _model_overrides() -> ConfigDict:
-    """Fields that override the preset's defaults when set (None: the preset's value)."""
-    return ConfigDict({
-        "embed_dim": config_dict.placeholder(int),
-        "depth": config_dict.placeholder(int),
-        "num_heads": config_dict.placeholder(int),
-        "num_kv_heads": config_dict.placeholder(int),
-        "decoder_depth": config_dict.placeholder(int),
-        "decoder_num_heads": config_dict.placeholder(int),
-        "decoder_num_kv_heads": config_dict.placeholder(int),
-        "drop_path": config_dict.placeholder(float),
-        "projection_dim": config_dict.placeholder(int),
-        "ema_momentum": config_dict.placeholder(float),
-        "ema_momentum_end": config_dict.placeholder(float),
-        "ema_warmup_steps": config_dict.placeholder(int),
-        "base_patch_size": config_dict.placeholder(int),
-        "max_grid": config_dict.placeholder(int),
-        "max_timesteps": config_dict.placeholder(int),
-    })
 
 
 def execution_defaults(size: str) -> dict:
@@ -68,49 +48,31 @@ def execution_defaults(size: str) -> dict:
 
 
 def base_config(preset: str, size: str, smoke: bool, objective: str) -> ConfigDict:
+    """The pretraining run config. Sections come from the dataclasses that own their
+    defaults (spacenit_jax.train.config); only the recipe's own choices are set here."""
     c = ConfigDict()
     c.seed = 0
     c.total_steps = 300_000
     c.microbatches = 1
     c.log_every = 10
     c.init_from = ""  # a workdir / params checkpoint to initialise parameters from
-    c.peak_flops_per_device = 989e12  # H100 SXM dense bf16; set for your accelerator
+    # Peak FLOP/s of one device for MFU; None: the device's datasheet bf16 dense peak when
+    # known (H100, A100, TPU v4/v5e/v5p/v6e), else MFU is not reported (e.g. on a CPU).
+    c.peak_flops_per_device = config_dict.placeholder(float)
     c.max_nonfinite_steps = 20  # consecutive skipped updates before stopping
+    c.max_tokenless_steps = 20  # consecutive batches without any real token before stopping
     c.stop_at_step = 0  # >0: checkpoint and stop there as if preempted (time-limited jobs)
-    c.model = ConfigDict({
-        "preset": preset, "size": size, "sensor_labels": tuple(sensors.OFFICIAL_SENSORS),
-        "overrides": _model_overrides(), **execution_defaults("nano" if smoke else size),
-        "attention_impl": config_dict.placeholder(str),
-    })
-    c.objective = ConfigDict({
-        "name": objective, "patch_disc_tau": 0.1, "patch_disc_pred2unit": False,
-        "patch_disc_weight": 1.0, "contrastive_temperature": 0.1, "contrastive_weight": 0.1,
-        "learn_temperature": False, "uniformity_weight": 0.0, "smooth_l1_beta": 1.0,
-        "latent_weight": 1.0, "reconstruction_loss": "mse", "reconstruction_weight": 0.5,
-        "normalize_target": True, "target_train_mode": False,
-    })
-    c.optimizer = ConfigDict({
-        "lr": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.02,
-        "warmup_steps": 8000, "final_lr_fraction": 0.1, "max_grad_norm": 1.0,
-        "decay_norms_and_biases": True,
-    })
-    c.data = ConfigDict({
-        "path": "",  # empty: generate the synthetic H5 dataset into <workdir>/data
-        "synthetic_samples": 4096, "synthetic_tile_size": 64,
-        "token_budget": 2250, "patch_sizes": tuple(range(1, 9)), "hw_p_list": tuple(range(1, 13)),
-        "rows": 16,  # rows per process and step
-        "row_length": config_dict.placeholder(int),
-        "masking": {"type": "cross_sensor_random", "base_encode_ratio": 0.5,
-                    "base_decode_ratio": 0.5,
-                    "decode_only_sensors": tuple(sensors.OFFICIAL_DECODE_ONLY)},
-        "augmentation": "dihedral", "normalize": True, "num_workers": 4,
-        "bad_sample_policy": "raise", "dtype": "float32",
-    })
+    c.model = run_config.model_section(preset, size, sensors.OFFICIAL_SENSORS)
+    c.model.update(execution_defaults("nano" if smoke else size))
+    c.objective = run_config.objective_section(objective)
+    c.optimizer = run_config.optimizer_section()
+    c.data = run_config.data_section()
+    # Recipe: worker processes decode the H5 files (the original's production run used 4);
+    # the pipeline's own default is 0 (in-process).
+    c.data.num_workers = 4
     c.mesh = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-    c.checkpoint = ConfigDict({"every": 1000, "keep": 3,
-                               "keep_every": config_dict.placeholder(int), "async_save": True})
-    c.wandb = ConfigDict({"mode": "offline", "project": "spacenit-jax",
-                          "entity": config_dict.placeholder(str)})
+    c.checkpoint = run_config.checkpoint_section()
+    c.wandb = run_config.wandb_section()
     # In-loop evaluation: the original's m-eurosat kNN every 4000 steps (skipped with a
     # warning when $GEOBENCH_DIR is not set) and the built-in synthetic task. every > 0
     # overrides every task's own interval.

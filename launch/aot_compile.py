@@ -251,16 +251,18 @@ def build(config, target: Target, tile_size: int | None = None, devices=None) ->
     from spacenit_jax import sharding
     from spacenit_jax.data import packing, pipeline
     from spacenit_jax.model import attention
+    from spacenit_jax.train import config as run_config
     from spacenit_jax.train import loop, step
+    from spacenit_jax.train import state as state_lib
 
     devices = target_devices(target) if devices is None else devices
     hosts = len({d.process_index for d in devices})
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
                               devices=devices)
-    model_cfg = loop.model_config(config)
+    model_cfg = run_config.model_config(config)
     model_cfg = model_cfg.replace(attention_impl=attention.resolve_impl(
         model_cfg.attention_impl, target.platform, model_cfg.compute_dtype))
-    objective = loop.objective_config(config)
+    objective = run_config.objective_config(config)
     rows = config.data.rows * hosts
     parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % parallel:
@@ -269,15 +271,14 @@ def build(config, target: Target, tile_size: int | None = None, devices=None) ->
     if (rows // parallel) % config.microbatches:
         raise ValueError(f"{rows // parallel} rows per device cannot be split into "
                          f"{config.microbatches} microbatches")
-    pcfg = loop.pipeline_config(config, config.data.path or "<synthetic>", objective)
-    plan, _ = pipeline.make_plan(pcfg, model_cfg.layout, tile_size_for(config, tile_size))
+    pcfg = run_config.pipeline_config(config, config.data.path or "<synthetic>", objective)
+    plan, _, _ = pipeline.make_plan(pcfg, model_cfg.layout, tile_size_for(config, tile_size))
     loop.check_position_limits(model_cfg, plan)
-    tx, schedule = step.make_optimizer(step.OptimizerConfig(**config.optimizer.to_dict()),
-                                       config.total_steps)
-    init = functools.partial(step.init_train_state, model_cfg, objective, tx, seed=config.seed)
+    tx, schedule = step.make_optimizer(run_config.optimizer_config(config), config.total_steps)
+    init = functools.partial(state_lib.init_train_state, model_cfg, objective, tx, seed=config.seed)
     abstract_state = jax.eval_shape(init)
-    state_sharding = loop.state_shardings(mesh, abstract_state)
-    graphdef, _, _ = step.split_model(step.abstract_model(model_cfg, objective.model_kind))
+    state_sharding = sharding.state_shardings(mesh, abstract_state)
+    graphdef, _ = state_lib.split_model(state_lib.abstract_model(model_cfg, objective.model_kind))
     view = packing.empty_view(plan, model_cfg.layout, pipeline.pixel_dtype(pcfg.dtype))
 
     def global_leaf(x):
@@ -295,13 +296,15 @@ def compile_step(s: Setup, microbatches: int | None = None, model_cfg=None):
     import jax
 
     from spacenit_jax import sharding
+    from spacenit_jax.train import state as state_lib
     from spacenit_jax.train import step
 
     model_cfg = s.model_cfg if model_cfg is None else model_cfg
     micro = s.config.microbatches if microbatches is None else microbatches
     graphdef = s.graphdef
     if model_cfg is not s.model_cfg:
-        graphdef, _, _ = step.split_model(step.abstract_model(model_cfg, s.objective.model_kind))
+        graphdef, _ = state_lib.split_model(
+            state_lib.abstract_model(model_cfg, s.objective.model_kind))
     fn = step.make_train_step(graphdef, model_cfg, s.objective, s.tx, s.schedule, micro,
                               mesh=s.mesh)
     state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
@@ -348,7 +351,10 @@ def custom_calls(hlo_text: str) -> dict:
 def count_parameters(abstract_state) -> int:
     import jax
 
-    return int(sum(x.size for x in jax.tree.leaves(abstract_state.params["model"])))
+    from spacenit_jax.train import state as state_lib
+
+    online, _ = state_lib.split_params(abstract_state.params)  # not the EMA copies
+    return int(sum(x.size for x in jax.tree.leaves(online)))
 
 
 def report(s: Setup, compiled, compile_s: float, unrolled_flops: float | None = None,
@@ -463,7 +469,7 @@ def main(argv) -> int:
     from absl import flags
 
     FLAGS = flags.FLAGS
-    config = FLAGS.config
+    config = _CONFIG[0].value
     try:
         target = get_target(FLAGS.target)
         with _quiet_native_stderr():
@@ -503,11 +509,16 @@ def main(argv) -> int:
     return 0
 
 
+_CONFIG: list = []  # the config flag's holder, once define_flags has run
+
+
 def define_flags():
     from absl import flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "pretraining config file", lock_config=True)
+    from spacenit_jax import cli
+
+    _CONFIG.append(cli.define_config("config", None, "pretraining config file (the run to "
+                                     "check), e.g. configs/base.py"))
     flags.DEFINE_string("target", None, "v5e-8 | v5e-256 | v5p-8 | v5p-128 | v4-32 | "
                         "h100x8[xN] | cpu (see TPU_SLICES)", required=True)
     flags.DEFINE_integer("tile_size", None, "stored tile edge in base pixels (default: the "
@@ -520,9 +531,13 @@ def define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
-
     with _quiet_native_stderr():
-        import jax  # noqa: F401 - first import (config files import it): the CUDA plugin's driver probe
+        # the first import and backend start-up (config files import jax): where the CUDA
+        # plugin probes for a driver
+        import jax
+
+        jax.devices()
+    from spacenit_jax import cli
+
     define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(lambda argv: sys.exit(main(argv)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 FINEST_PIXEL_PITCH = 0.625  # metres; every pitch is an integer multiple of this
 TILE_EDGE_PIXELS = 256
@@ -121,10 +121,6 @@ def get(label: str) -> SensorSpec:
         raise KeyError(
             f"unknown sensor {label!r}; known sensors: {', '.join(_REGISTRY)}"
         ) from None
-
-
-def get_many(labels: Iterable[str]) -> tuple[SensorSpec, ...]:
-    return tuple(get(label) for label in labels)
 
 
 def all_labels() -> tuple[str, ...]:

@@ -278,7 +278,8 @@ def area_matrix(in_size: int, out_size: int) -> np.ndarray:
 def patchify(img, k: int, xp=np):
     """(..., H, W, C) -> (..., H//k, W//k, C*k*k), each patch flattened channel-major.
 
-    Rows/columns beyond a multiple of k are dropped (the original's floor behaviour).
+    Rows/columns beyond a multiple of k are dropped; `base_patches` refuses such inputs
+    first (`check_divisible`), so no caller reaches this with a remainder.
     """
     *lead, h, w, c = img.shape
     hp, wp = h // k, w // k
@@ -289,26 +290,32 @@ def patchify(img, k: int, xp=np):
     return x.reshape(*lead, hp, wp, c * k * k)
 
 
+def check_divisible(h: int, w: int, patch_size: int, what: str = "input") -> None:
+    """One rule at every patch size (the base size included): the image must be a whole
+    number of patches. The original silently drops the last rows/columns at the base
+    patch size only; crop or pad explicitly instead (`spacenit_jax.inference` `edge=`)."""
+    if patch_size < 1:
+        raise ValueError(f"{what}: patch size must be >= 1, got {patch_size}")
+    if h < patch_size or w < patch_size or h % patch_size or w % patch_size:
+        raise ValueError(
+            f"{what}: spatial size {h}x{w} is not divisible by the patch size {patch_size} "
+            f"(crop or pad it to a multiple of {patch_size} first)")
+
+
 def base_patches(img, patch_size: int, base_patch_size: int, mode: PatchResize,
                  what: str = "input", xp=np):
     """Cut a channel-last group image into patches resized to the base patch size.
 
     img: (..., H, W, C) with H, W the stored pixels (patch_size is in those pixels).
     Returns (..., H//P, W//P, C*P0*P0), flattened channel-major like the original's
-    Linear weight. `what` names the input in error messages.
+    Linear weight. `what` names the input in error messages. Raises ValueError when H or
+    W is not a whole number of patches, at every P.
     """
     p, p0 = patch_size, base_patch_size
     h, w = img.shape[-3], img.shape[-2]
-    if p < 1:
-        raise ValueError(f"{what}: patch size must be >= 1, got {p}")
+    check_divisible(h, w, p, what)
     if mode == "input" and p == p0:
-        if h < p or w < p:
-            raise ValueError(f"{what}: spatial size {h}x{w} is smaller than the patch size {p}")
         return patchify(img, p0, xp)
-    if h % p or w % p:
-        raise ValueError(
-            f"{what}: spatial size {h}x{w} is not divisible by the patch size {p}"
-        )
     hp, wp = h // p, w // p
     dtype = img.dtype
     if mode == "input":

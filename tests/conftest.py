@@ -38,3 +38,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smoke_dataset(tmp_path_factory) -> pathlib.Path:
+    """The synthetic H5 dataset of configs/nano.py:smoke (its sensors, sample count and tile
+    size), written once per session for the pretraining tests."""
+    from configs import nano
+    from spacenit_jax.data import synthetic
+
+    c = nano.get_config("smoke")
+    spec = synthetic.SyntheticSpec(c.data.synthetic_samples, tuple(c.model.sensor_labels), 0,
+                                   c.data.synthetic_tile_size)
+    return synthetic.make_dataset(tmp_path_factory.mktemp("data"), spec, workers=1)

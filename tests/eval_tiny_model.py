@@ -1,4 +1,5 @@
-"""A tiny sentinel2_l2a model for the evaluation tests, built without per-op compiles.
+"""A tiny sentinel2_l2a model (or one of given sensors) for the evaluation tests, built
+without per-op compiles.
 
 Parameters are drawn with numpy into the abstract model (eager initialisation compiles one
 small program per parameter shape, which costs seconds on a loaded CPU); the values are
@@ -20,12 +21,12 @@ TINY = dict(embed_dim=32, depth=1, num_heads=2, num_kv_heads=1, decoder_depth=1,
 SENSOR = "sentinel2_l2a"
 
 
-def tiny_config():
-    return make_config("design_card", "nano", sensor_labels=(SENSOR,), **TINY)
+def tiny_config(sensors=(SENSOR,)):
+    return make_config("design_card", "nano", sensor_labels=tuple(sensors), **TINY)
 
 
-def run_config(kind="latent_predictor"):
-    return {"model": {"config": config_to_dict(tiny_config()), "kind": kind}}
+def run_config(kind="latent_predictor", sensors=(SENSOR,)):
+    return {"model": {"config": config_to_dict(tiny_config(sensors)), "kind": kind}}
 
 
 def _fill(path, leaf, rng):
@@ -37,9 +38,9 @@ def _fill(path, leaf, rng):
 
 
 @functools.cache
-def tiny_model(kind="latent_predictor", seed=0):
-    """Shared between tests: do not modify it (nnx.clone it first)."""
-    abstract = nnx.eval_shape(lambda: models.build_model(tiny_config(), kind))
+def tiny_model(kind="latent_predictor", seed=0, sensors=(SENSOR,)):
+    """Shared between tests: do not modify it (nnx.clone it first). sensors: a tuple."""
+    abstract = nnx.eval_shape(lambda: models.build_model(tiny_config(sensors), kind))
     graphdef, state = nnx.split(abstract)
     rng = np.random.default_rng(seed)
     state = jax.tree_util.tree_map_with_path(lambda p, x: jax.numpy.asarray(_fill(p, x, rng)),

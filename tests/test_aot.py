@@ -14,7 +14,7 @@ import pytest
 from configs import nano
 from launch import aot_compile
 from spacenit_jax.data import pipeline
-from spacenit_jax.train import loop
+from spacenit_jax.train import config as run_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -53,9 +53,9 @@ def check_report(out: dict, target: str, config) -> None:
     assert out["fits"] and 0 < mem["headroom"] < 1
     # global_samples: the plan's mean samples per row x the global rows, computed here
     # from the data plan independently of the report
-    model_cfg = loop.model_config(config)
-    plan, _ = pipeline.make_plan(
-        loop.pipeline_config(config, "x", loop.objective_config(config)), model_cfg.layout,
+    model_cfg = run_config.model_config(config)
+    plan, _, _ = pipeline.make_plan(
+        run_config.pipeline_config(config, "x", run_config.objective_config(config)), model_cfg.layout,
         config.data.synthetic_tile_size)
     w = dict(plan.hw_weights)
     rows = config.data.rows * t.hosts

@@ -1,4 +1,4 @@
-"""Augmentations act on the H/W axes of channel-last arrays, from explicit RNGs (spec §5)."""
+"""Augmentations act on the H/W axes of channel-last arrays, from explicit RNGs."""
 
 import numpy as np
 import pytest

@@ -1,31 +1,31 @@
-"""Token budget -> T_out (spec data §4.4 table) and the crop (§4.5)."""
+"""Token budget -> T_out (the original's token table) and the crop window."""
 
 import numpy as np
 import pytest
 
-from spacenit_jax.data import crop, h5
+from spacenit_jax.data import budget, crop, h5
 from spacenit_jax.model.config import make_config
 
 NANO = make_config("design_card", "nano").layout
 
-# spec data §4.4, nano / official sensors, budget 2250
+# the original's token table: nano / official sensors, budget 2250
 T_OUT = [12, 12, 12, 12, 12, 9, 6, 4, 3, 2, 2, 1]
 PATCH_TOKENS = [78, 312, 702, 1248, 1950, 2160, 2058, 1920, 1944, 1800, 2178, 1728]
 WITH_TYPE = [87, 321, 711, 1257, 1959, 2169, 2067, 1929, 1953, 1809, 2187, 1737]
 
 
 def test_budget_table_matches_spec():
-    table = crop.token_table(NANO, 2250, range(1, 13))
+    table = budget.token_table(NANO, 2250, range(1, 13))
     assert [table[h][0] for h in range(1, 13)] == T_OUT
     assert [table[h][1] for h in range(1, 13)] == PATCH_TOKENS
     assert [table[h][2] for h in range(1, 13)] == WITH_TYPE
-    assert [crop.token_count(NANO, h, 2250) for h in range(1, 13)] == WITH_TYPE
-    assert crop.max_hw_for_budget(NANO, 2250) == 13  # hw_p >= 14 violates t* >= 1
+    assert [budget.token_count(NANO, h, 2250) for h in range(1, 13)] == WITH_TYPE
+    assert budget.max_hw_for_budget(NANO, 2250) == 13  # hw_p >= 14 violates t* >= 1
     with pytest.raises(ValueError, match="cannot hold one timestep"):
-        crop.timesteps_for_budget(NANO, 14, 2250)
+        budget.timesteps_for_budget(NANO, 14, 2250)
     # the v1 layout has one group per sensor: per_step = 3 hw^2, fixed = 6 hw^2
     v1 = make_config("reference_v1", "nano").layout
-    assert crop.timesteps_for_budget(v1, 8, 2250) == min(12, (2250 - 6 * 64) // (3 * 64))
+    assert budget.timesteps_for_budget(v1, 8, 2250) == min(12, (2250 - 6 * 64) // (3 * 64))
 
 
 def test_allowed_hw_clips_to_tile():

@@ -1,10 +1,10 @@
-"""Masks in the tokenizer's order, ABSENT detection, strategy bounds (spec data §6)."""
+"""Masks in the tokenizer's order, ABSENT detection, strategy bounds."""
 
 import numpy as np
 import pytest
 
 from spacenit_jax import sensors
-from spacenit_jax.data import masking
+from spacenit_jax.data import budget, masking
 from spacenit_jax.data.masking import ABSENT, PREDICTED, TARGET_ONLY, VISIBLE
 from spacenit_jax.model.config import make_config
 from spacenit_jax.sensors import MISSING_VALUE
@@ -133,7 +133,7 @@ STRATEGIES = [
 @pytest.mark.parametrize("cfg", STRATEGIES, ids=lambda c: c["type"])
 def test_bounds_hold(cfg):
     strat = masking.build_masking(cfg)
-    geos = [masking.Geometry(t, g, h, h) for t, g, h in [(1, 1, 1), (3, 3, 2), (4, 2, 5), (12, 3, 1), (2, 1, 7)]]
+    geos = [budget.Geometry(t, g, h, h) for t, g, h in [(1, 1, 1), (3, 3, 2), (4, 2, 5), (12, 3, 1), (2, 1, 7)]]
     for geo in geos:
         bv, bp = strat.bounds("sentinel2_l2a", geo)
         assert 0 <= bv <= geo.n and 0 <= bp <= geo.n
@@ -150,7 +150,7 @@ def test_bounds_hold(cfg):
 
 
 def test_cross_sensor_min_clamp_and_schedule():
-    geo = masking.Geometry(1, 1, 10, 10)
+    geo = budget.Geometry(1, 1, 10, 10)
     m = masking.build_masking({"type": "cross_sensor", "base_encode_ratio": 0.01, "min_encoded": 0.15})
     assert np.sum(m.mask("x", geo, np.random.default_rng(0), 0) == VISIBLE) == 15
     s = masking.build_masking({"type": "scheduled", "warmup_steps": 10})
@@ -180,5 +180,5 @@ def test_build_errors():
     with pytest.raises(ValueError, match="unknown mask structure"):
         masking.build_masking({"type": "range", "structure": "diagonal"})
     with pytest.raises(ValueError, match="not a multiple"):
-        masking.sensor_geometry(LAYOUT, "sentinel1", np.zeros((5, 5, 2, 2)), 2)
+        budget.sensor_geometry(LAYOUT, "sentinel1", np.zeros((5, 5, 2, 2)), 2)
     assert TARGET_ONLY == 1

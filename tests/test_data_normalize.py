@@ -1,4 +1,4 @@
-"""Normalisation against the spec's statistics (spec data §3, §2.5 steps 6-7)."""
+"""Normalisation with the original's statistics, missing values kept, NaN/Inf -> 0."""
 
 import json
 
@@ -91,3 +91,28 @@ def test_errors():
         normalize.normalize_array("sentinel1", np.zeros((1, 1, 1, 3)))
     with pytest.raises(ValueError, match="unknown statistics file"):
         normalize.load_stats("other")
+
+
+def test_shared_formula_matches_evaluation_dataset_norm():
+    """`std_bounds` + `scale_to_unit` are the formula of the COMPUTED strategy and of
+    evaluation's bounds-based dataset normalisation (eval.normalization)."""
+    from spacenit_jax.eval import normalization
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(1000, 300, (4, 5, 3))
+    mean, std = np.array([900.0, 1000.0, 1200.0]), np.array([250.0, 300.0, 400.0])
+    lo, hi = normalize.std_bounds(mean, std, 2)
+    np.testing.assert_array_equal(lo, mean - 2 * std)
+    y = normalize.scale_to_unit(x, lo, hi)
+    np.testing.assert_allclose(y, (x - mean + 2 * std) / (4 * std), rtol=1e-12)
+    for k in (1, 2, 3):
+        name = "norm_no_clip" + ("" if k == 1 else f"_{k}_std")
+        ref = normalization.apply_dataset_norm(x, normalization.parse_norm_method(name), mean, std)
+        np.testing.assert_allclose(normalize.scale_to_unit(x, *normalize.std_bounds(mean, std, k)),
+                                   ref, rtol=1e-12)
+    # the packaged S2 bounds are mean +- 2 std of computed.json
+    comp = normalize.load_stats("computed")["sentinel2_l2a"]
+    lo, hi, _ = normalize.band_range("sentinel2_l2a")
+    b02 = comp["B02"]
+    assert lo[0] == pytest.approx(b02["mean"] - 2 * b02["std"]) and hi[0] == pytest.approx(
+        b02["mean"] + 2 * b02["std"])

@@ -5,8 +5,9 @@ import pytest
 
 from spacenit_jax import sensors
 from spacenit_jax.batch import embed_table_offsets
-from spacenit_jax.data import crop, masking, packing
+from spacenit_jax.data import budget, masking, packing, tokenize
 from spacenit_jax.data.masking import ABSENT, PREDICTED, VISIBLE
+from spacenit_jax.data.plan import PackingPlan, suggest_row_length
 from spacenit_jax.model.config import make_config
 from spacenit_jax.sensors import MISSING_VALUE
 
@@ -17,11 +18,11 @@ OFFICIAL = masking.build_masking({
 
 
 def test_plan_fits_and_is_optimal():
-    plan = packing.PackingPlan.build(NANO, 2250, range(1, 13), 4, 2250, OFFICIAL, align=8)
+    plan = PackingPlan.build(NANO, 2250, range(1, 13), 4, 2250, OFFICIAL, align=8)
     assert plan.k[1] >= 1 and plan.max_samples_per_row == max(plan.k.values())
     for s in plan.shapes:
         k = plan.k[s.hw_p]
-        assert s.tokens == crop.token_count(NANO, s.hw_p, 2250)
+        assert s.tokens == budget.token_count(NANO, s.hw_p, 2250)
         assert k * s.tokens <= plan.row_length and k * s.max_visible <= plan.online_length
         assert k * s.max_predicted <= plan.decoder_length
         # k is the most that fits all three streams
@@ -48,11 +49,11 @@ def test_plan_fits_and_is_optimal():
 
 
 def test_plan_without_masking_and_errors():
-    plan = packing.PackingPlan.build(NANO, 2250, [2, 5], 2, 2250, masking.NoMasking())
+    plan = PackingPlan.build(NANO, 2250, [2, 5], 2, 2250, masking.NoMasking())
     assert (plan.online_length, plan.decoder_length) == (2250, 1)
     assert plan.k == {2: 7, 5: 1}
     with pytest.raises(ValueError, match="shorter than one sample"):
-        packing.PackingPlan.build(NANO, 2250, [11], 2, 2000, OFFICIAL)
+        PackingPlan.build(NANO, 2250, [11], 2, 2000, OFFICIAL)
     with pytest.raises(KeyError, match="not in the plan"):
         plan.samples_per_batch(3)
 
@@ -75,7 +76,7 @@ def _sample_arrays(rng, hw, p, t, absent_sensor=None, absent_step=None):
 @pytest.mark.parametrize("strategy", [OFFICIAL, masking.NoMasking()])
 def test_packed_view_references_exactly_the_right_tokens(strategy):
     hw, p = 3, 2
-    plan = packing.PackingPlan.build(NANO, 2250, [3], 2, 2250, strategy)
+    plan = PackingPlan.build(NANO, 2250, [3], 2, 2250, strategy)
     k = plan.k[3]
     t_out = plan.shape(3).t_out
     rng = np.random.default_rng(0)
@@ -86,7 +87,7 @@ def test_packed_view_references_exactly_the_right_tokens(strategy):
                                 absent_step=j % t_out if j % 2 == 0 else None)
         ms = masking.mask_sample(NANO, arrays, p, strategy, rng)
         months = np.arange(t_out) % 12
-        prepared.append(packing.prepare_sample(NANO, arrays, p, months, ms))
+        prepared.append(tokenize.prepare_sample(NANO, arrays, p, months, ms))
     view, stats = packing.pack_view(plan, NANO, prepared, 3)
     offsets, type_off = embed_table_offsets(NANO, plan.caps)
     keys = [g.key for g in NANO.groups]
@@ -137,20 +138,20 @@ def test_packed_view_references_exactly_the_right_tokens(strategy):
 
 
 def test_row_length_suggestions():
-    rows = packing.suggest_row_length(NANO, 2250, range(1, 13), OFFICIAL, [2192, 4376])
+    rows = suggest_row_length(NANO, 2250, range(1, 13), OFFICIAL, [2192, 4376])
     assert [r["L_t"] for r in rows] == [2192, 4376]
     assert rows[1]["cost_weighted_efficiency"] > rows[0]["cost_weighted_efficiency"]
 
 
 def test_padding_floor_bounds_every_plan():
     hws = range(1, 13)
-    floor = packing.PackingPlan.build(NANO, 2250, hws, 1, 2192, OFFICIAL).padding_floor()
+    floor = PackingPlan.build(NANO, 2250, hws, 1, 2192, OFFICIAL).padding_floor()
     assert 0.05 < floor < 0.12  # the split of VISIBLE / PREDICTED varies with hw_p
     for lt in (2192, 4376, 22000):
-        plan = packing.PackingPlan.build(NANO, 2250, hws, 1, lt, OFFICIAL)
+        plan = PackingPlan.build(NANO, 2250, hws, 1, lt, OFFICIAL)
         assert plan.report()["expected"]["pad_overall"] >= floor - 1e-3
     # one crop size: equal samples, the streams can be sized exactly
-    one = packing.PackingPlan.build(NANO, 2250, [4], 1, 1264, OFFICIAL)
+    one = PackingPlan.build(NANO, 2250, [4], 1, 1264, OFFICIAL)
     assert one.padding_floor() < 1e-3
 
 
@@ -163,7 +164,7 @@ def test_matmul_xp_matches_tokenization_numpy(preset):
     for p in (1, 3, 5, 8):
         x = rng.random((3 * p, 3 * p, 2, 12), dtype=np.float32)
         a, ga = sensor_patches(layout, "sentinel2_l2a", x, p, True)
-        b, gb = sensor_patches(layout, "sentinel2_l2a", x, p, True, xp=packing.FAST_NP)
+        b, gb = sensor_patches(layout, "sentinel2_l2a", x, p, True, xp=tokenize.FAST_NP)
         assert ga == gb and a.keys() == b.keys()
         for k in a:
             np.testing.assert_allclose(b[k], a[k], rtol=0, atol=2e-6)

@@ -41,16 +41,25 @@ def test_knn_mode_as_a_module_subprocess(npz, tmp_path):
     assert json.loads(out.read_text()) == result
 
 
-def test_linear_probe_mode_selects_lr_on_a_carved_validation_split(npz, capsys):
+def test_linear_probe_mode_selects_on_a_carved_validation_split(npz, capsys):
     assert evaluate.main(["--features", npz[0], "--eval-features", npz[1], "--mode",
-                          "linear_probe", "--lrs", "1e-3", "1e-1", "--epochs", "6",
-                          "--batch-size", "16", "--n-bootstrap", "20"]) == 0
+                          "linear_probe", "--recipe", "reference_adamw", "--lrs=1e-3,1e-1",
+                          "--epochs", "6", "--batch-size", "16", "--n-bootstrap", "20"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["accuracy"] == 1.0
+    assert result["accuracy"] == 1.0 and result["recipe"] == "reference_adamw"
     assert result["lr"] in (pytest.approx(1e-3), pytest.approx(1e-1))
     assert set(result["val_accuracy_per_lr"]) == {"0.001", "0.1"}
     assert "24 train rows held out" in result["validation"]
     assert result["bootstrap_ci_lower"] <= result["accuracy"] <= result["bootstrap_ci_upper"]
+    assert evaluate.main(["--features", npz[0], "--eval-features", npz[1], "--mode",
+                          "linear_probe", "--cs=0.1,1"]) == 0  # the default recipe
+    result = json.loads(capsys.readouterr().out)
+    assert result["recipe"] == "lbfgs" and result["C"] in (0.1, 1.0)
+    assert result["accuracy"] == 1.0 and result["iterations"] < 1000
+    assert set(result["val_accuracy_per_C"]) == {"0.1", "1"}
+    assert evaluate.main(["--features", npz[0], "--eval-features", npz[1], "--mode",
+                          "linear_probe", "--recipe=lbfgs", "--lrs=0.1"]) == 2
+    assert "--lrs does not apply to recipe 'lbfgs'" in capsys.readouterr().err
 
 
 def test_carved_split_is_deterministic_and_disjoint():
@@ -70,8 +79,14 @@ def test_errors(npz, tmp_path, capsys):
     np.savez(bad, feats=np.zeros((3, 2)))
     assert evaluate.main(["--features", str(bad), "--eval-features", npz[1]]) == 2
     assert "'features'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        evaluate.main([])
+    assert evaluate.main([]) == 2
+    assert "give --features" in capsys.readouterr().err
+    assert evaluate.main(["--features", npz[0], "--eval-features", npz[1], "--lrs", "1e-3",
+                          "1e-1"]) == 2
+    assert "comma-separated" in capsys.readouterr().err
+    assert evaluate.main(["--bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown command line flag 'bogus'" in err and len(err.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- --checkpoint
@@ -131,13 +146,20 @@ def test_checkpoint_mode_finetune_resumes_from_its_directory(workdir, tmp_path, 
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--config.patch_sise=8"], "unknown field 'patch_sise'"),
-    (["--config.knn.k=three"], "expected int"),
+    (["--config.patch_sise=8"], "--config.patch_sise: unknown field 'patch_sise' in the "
+                                "config; did you mean 'patch_size'?"),
+    (["--config.knn.kk=8"], "unknown field 'kk' in knn; did you mean 'knn.k'?"),
+    (["--config.knn.k=three"], "--config.knn.k=three: invalid literal for int()"),
     (["--config.pooling=median"], "pooling must be one of"),
+    (["--config=configs/eval/synthetic.py:huge"], "unknown arg 'huge'"),
+    (["--config=configs/eval/nowhere.py"], "--config: config file configs/eval/nowhere.py "
+                                           "does not exist"),
 ])
 def test_checkpoint_mode_config_errors(workdir, capsys, extra, message):
-    assert evaluate.main(["--checkpoint", str(workdir), "--config", SMALL, *extra]) == 2
-    assert message in capsys.readouterr().err
+    config = [] if any(a.startswith("--config=") for a in extra) else ["--config", SMALL]
+    assert evaluate.main(["--checkpoint", str(workdir), *config, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 SEGMENTATION = str(REPO / "configs/eval/synthetic_segmentation.py:small")
@@ -166,3 +188,68 @@ def test_segmentation_task_refuses_knn_and_pooled_features(workdir, capsys):
     assert evaluate.main(["--checkpoint", str(workdir), "--config", SEGMENTATION,
                           "--config.pooling=mean"]) == 2
     assert "needs pooling 'spatial'" in capsys.readouterr().err
+
+
+def test_save_features_writes_what_features_mode_reads(workdir, tmp_path, capsys):
+    out = tmp_path / "knn.json"
+    saved = tmp_path / "feats"
+    assert evaluate.main(["--checkpoint", str(workdir), "--config", "synthetic:small",
+                          "--save-features", str(saved), "--out", str(out),
+                          "--config.knn.k=3"]) == 0
+    capsys.readouterr()
+    rows = {(r["split"], r["metric"]): r["value"] for r in json.loads(out.read_text())["results"]}
+    assert sorted(p.name for p in (saved / "synthetic").iterdir()) == [
+        "test.npz", "train.npz", "valid.npz"]
+    with np.load(saved / "synthetic" / "train.npz") as f:
+        assert f["features"].shape == (64, 32) and f["labels"].shape == (64,)
+    assert evaluate.main(["--features", str(saved / "synthetic/train.npz"), "--eval-features",
+                          str(saved / "synthetic/test.npz"), "--k", "3"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["accuracy"] == pytest.approx(rows[("test", "accuracy")])
+
+
+def test_readme_smoke_command_on_the_shipped_eurosat_sample(workdir, capsys, data_dir):
+    """One sample in every split (the smoke partition): k and the batch sizes adapt, with
+    notes, instead of failing."""
+    assert evaluate.main(["--checkpoint", str(workdir), "--config", "m_eurosat",
+                          f"--config.dataset.root={data_dir / 'geobench'}",
+                          "--config.dataset.partition=smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "m-eurosat  knn   valid  accuracy *" in out and "k=1" in out
+    assert "note: m-eurosat: knn.k 20 -> 1 (1 training samples)" in out
+    assert "note: m-eurosat: bands not used: 10 - SWIR - Cirrus" in out
+
+
+def test_benchmark_eval_smoke(capsys):
+    from launch import benchmark_eval
+
+    assert benchmark_eval.main(["--n", "48", "--dim", "8", "--classes", "3", "--epochs",
+                                "2", "--batch-size", "16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["probe_lbfgs"]["recipe"] == "lbfgs" and "C" in result["probe_lbfgs"]
+    assert result["probe_reference_adamw"]["recipe"] == "reference_adamw"
+    assert result["knn"]["seconds_without_compile"] >= 0
+
+
+def test_features_mode_reads_dense_segmentation_and_regression_arrays(tmp_path, capsys):
+    """Saved patch tokens (N, T, D) with class maps (segmentation) or float maps (dense
+    regression): the linear probe runs on them (L-BFGS, ridge)."""
+    rng = np.random.default_rng(3)
+    tokens = rng.normal(size=(12, 4, 6)).astype(np.float32)
+    classes = rng.integers(0, 2, (12, 8, 8))
+    targets = rng.normal(size=(12, 8, 8)).astype(np.float32)
+    for name, labels in (("seg", classes), ("reg", targets)):
+        np.savez(tmp_path / f"{name}_tr.npz", features=tokens[:8], labels=labels[:8])
+        np.savez(tmp_path / f"{name}_te.npz", features=tokens[8:], labels=labels[8:])
+    common = ["--mode", "linear_probe", "--val-fraction", "0.25", "--n-bootstrap", "10"]
+    assert evaluate.main(["--features", str(tmp_path / "seg_tr.npz"), "--eval-features",
+                          str(tmp_path / "seg_te.npz"), "--cs=1", "--max-iter", "10",
+                          *common]) == 0
+    seg = json.loads(capsys.readouterr().out)
+    assert (seg["task"], seg["metric"], seg["recipe"]) == ("segmentation", "miou", "lbfgs")
+    assert 0 <= seg["score"] <= 1 and "bootstrap_ci_lower" in seg
+    assert evaluate.main(["--features", str(tmp_path / "reg_tr.npz"), "--eval-features",
+                          str(tmp_path / "reg_te.npz"), *common]) == 0
+    reg = json.loads(capsys.readouterr().out)
+    assert (reg["task"], reg["metric"], reg["recipe"]) == ("regression", "rmse", "ridge")
+    assert reg["score"] == pytest.approx(reg["rmse"]) and reg["score"] > 0

@@ -1,5 +1,6 @@
 """Feature extraction: pooling over patch tokens only, ABSENT patches, sharding, compiles."""
 
+import re
 import types
 
 import jax
@@ -192,3 +193,13 @@ def test_load_model_from_checkpoint(tmp_path):
         assert again.step == 3 and again.cfg == tiny_config()
     with pytest.raises(FileNotFoundError, match="not a checkpoint: expected a pretraining"):
         checkpoint.load_model(tmp_path / "checkpoints" / "3" / "params")
+
+
+def test_progress_bar_counts_finished_batches(split, capsys):
+    extractor = feat.FeatureExtractor(tiny_model(), feat.FeatureConfig(batch_size=BATCH))
+    extractor.extract(split, progress=True)  # the split's name comes from the data
+    err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    assert re.match(r"features train: 100%\|.*\| 3/3 \[\d\d:\d\d<00:00, .*(batch/s|s/batch)\]",
+                    err[-1]), err
+    extractor.extract(split, split="valid", progress=False)
+    assert capsys.readouterr().err == ""

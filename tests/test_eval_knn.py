@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from spacenit_jax.eval import knn
+from spacenit_jax.eval.validation import EvalInputError
 
 
 def clusters(n, num_classes=4, dim=16, spread=0.3, seed=0):
@@ -83,5 +84,38 @@ def test_clear_errors():
     tx, ty = clusters(10)
     with pytest.raises(ValueError, match="k=20"):
         knn.knn_predict(tx, ty, tx, num_classes=4)
-    with pytest.raises(ValueError, match="feature dims differ"):
+    with pytest.raises(EvalInputError, match=r"query split: feature shape \(3,\) per row "
+                                             r"differs from the train split's \(16,\)"):
         knn.knn_predict(tx, ty, tx[:, :3], num_classes=4, k=2)
+
+
+def test_one_nan_train_row_is_an_error_not_a_third_of_the_accuracy():
+    """Issue #12: one NaN row among 30 train rows made every vote NaN and every prediction
+    class 0 (accuracy 1.0 -> 0.333) without a word."""
+    tx, ty = clusters(30, num_classes=3)
+    qx, qy = clusters(30, num_classes=3, seed=1)
+    assert knn.knn_evaluate(tx, ty, qx, qy, k=5).accuracy == 1.0
+    tx[7, 2] = np.nan
+    # what the unchecked computation gives: NaN similarities rank first in top_k
+    votes = np.asarray(knn._class_scores(tx, ty, qx, num_classes=3, k=5, tau=0.07,
+                                         skip_nearest=False, chunk_size=2000))
+    assert np.isnan(votes).all() and np.mean(votes.argmax(1) == qy) == pytest.approx(1 / 3)
+    message = r"train split: features have non-finite values \(NaN or Inf\) in rows \[7\] " \
+              r"\(1 of 30\)"
+    for call in (lambda: knn.knn_evaluate(tx, ty, qx, qy, k=5),
+                 lambda: knn.knn_predict(tx, ty, qx, num_classes=3, k=5),
+                 lambda: knn.knn_class_scores(tx, ty, qx, num_classes=3, k=5),
+                 lambda: knn.knn_predict_multilabel(tx, np.eye(3)[ty], qx, k=5),
+                 lambda: knn.knn_evaluate(qx, qy, tx, ty, k=5)):
+        with pytest.raises(EvalInputError, match=message.replace("train", "(train|query)")):
+            call()
+
+
+def test_labels_outside_the_classes_are_errors():
+    tx, ty = clusters(30, num_classes=3)
+    with pytest.raises(EvalInputError, match=r"train split: class labels \[-1\] outside >= 0 "
+                                             r"in rows \[4\] \(1 of 30\)"):
+        knn.knn_evaluate(tx, np.where(np.arange(30) == 4, -1, ty), tx, ty, k=5)
+    with pytest.raises(EvalInputError, match=r"query split: class labels \[3\] outside "
+                                             r"\[0, num_classes=3\)"):
+        knn.knn_evaluate(tx, ty, tx, np.where(np.arange(30) == 2, 3, ty), num_classes=3, k=5)

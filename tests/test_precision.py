@@ -10,6 +10,7 @@ import pytest
 from spacenit_jax.model import models
 from spacenit_jax.model.config import make_config
 from spacenit_jax.train import objectives, step
+from spacenit_jax.train import state as state_lib
 
 SMALL = dict(embed_dim=64, depth=2, num_heads=4, num_kv_heads=2, decoder_depth=1,
              decoder_num_heads=4, decoder_num_kv_heads=2, drop_path=0.0)
@@ -29,8 +30,8 @@ def batch(cfg, seed):
 def losses(cfg, steps=3):
     objective = objectives.ObjectiveConfig(name="latent")
     tx, schedule = step.make_optimizer(step.OptimizerConfig(lr=1e-3, warmup_steps=1), 10)
-    graphdef, _, _ = step.split_model(step.abstract_model(cfg, objective.model_kind))
-    state = jax.jit(lambda: step.init_train_state(cfg, objective, tx, seed=0))()
+    graphdef, _ = state_lib.split_model(state_lib.abstract_model(cfg, objective.model_kind))
+    state = jax.jit(lambda: state_lib.init_train_state(cfg, objective, tx, seed=0))()
     fn = jax.jit(step.make_train_step(graphdef, cfg, objective, tx, schedule))
     out = []
     for s in range(steps):

@@ -64,12 +64,12 @@ def test_parameters_and_optimizer_state_are_sharded_over_fsdp(compiled):
     specs = jax.tree.leaves(jax.tree.map(lambda s: s.spec, setup.state_sharding),
                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
     sharded = [s for s in specs if "fsdp" in jax.tree.leaves(tuple(s))]
-    params = setup.state_sharding.params["model"]
+    params = setup.state_sharding.params
     kernel = params["encoder"]["blocks"]["layers"][0]["ffn"]["gate"]["kernel"]
     assert kernel.get_value().spec[0] == "fsdp"  # (embed, mlp) -> (fsdp, tensor)
     mu = setup.state_sharding.opt_state[1][0].mu["model"]["encoder"]["blocks"]["layers"][0]
     assert mu["ffn"]["gate"]["kernel"].get_value().spec == kernel.get_value().spec
-    target = setup.state_sharding.target["target_encoder"]["blocks"]["layers"][0]
+    target = setup.state_sharding.params["target_encoder"]["blocks"]["layers"][0]
     assert target["ffn"]["gate"]["kernel"].get_value().spec == kernel.get_value().spec
     assert len(sharded) > len(specs) // 2
 

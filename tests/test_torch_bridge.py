@@ -1,5 +1,5 @@
-"""torch_bridge export/import: the original's checkpoint format (spec 13 keys, spec 15
-config), bit-exact round trips in both directions and formats, golden vectors through an
+"""torch_bridge export/import: the original's checkpoint format (its state-dict keys and
+its config.json), bit-exact round trips in both directions and formats, golden vectors through an
 imported checkpoint, refusals, and the command lines."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
+from flax import nnx, traverse_util  # noqa: E402
 
 from spacenit_jax import checkpoint as ckpt  # noqa: E402
 from spacenit_jax.model import models  # noqa: E402
@@ -21,6 +21,7 @@ from spacenit_jax.model import state_dict as sdm  # noqa: E402
 from spacenit_jax.model.config import config_to_dict, make_config  # noqa: E402
 from torch_bridge import export as ex  # noqa: E402
 from torch_bridge import import_checkpoint as im  # noqa: E402
+from torch_bridge import load as tl  # noqa: E402
 from torch_bridge import reference_config as rc  # noqa: E402
 from torch_bridge import torch_model as tm  # noqa: E402
 
@@ -28,7 +29,7 @@ LABELS = ("sentinel2_l2a", "sentinel1", "srtm")
 SMALL = dict(embed_dim=32, depth=2, num_heads=4, decoder_depth=1, decoder_num_heads=4)
 OFFICIAL = ("sentinel2_l2a", "sentinel1", "landsat", "worldcover", "srtm",
             "openstreetmap_raster", "wri_canopy_height_map", "cdl", "worldcereal")
-SPEC15_HEAD_NANO = {  # spec 15, verbatim
+ORIGINAL_HEAD_NANO_CONFIG = {  # the original's config.json "model" dict, verbatim
     "_CLASS_": "spacenit.arch.models.LatentPredictorConfig",
     "encoder": {"_CLASS_": "spacenit.arch.encoder.EncoderConfig", "embed_dim": 128, "depth": 4,
                 "num_heads": 8, "ffn_expansion": 4.0, "dropout": 0.0, "drop_path": 0.1,
@@ -58,7 +59,7 @@ def random_params(cfg, kind="latent_predictor", seed=0):
 
 def make_workdir(path, cfg, kind, flat, step):
     config = {"model": {"config": config_to_dict(cfg), "kind": kind}}
-    ckpt.write_params_checkpoint(path, im.nest(flat), config, step=step)
+    ckpt.write_params_checkpoint(path, traverse_util.unflatten_dict(flat), config, step=step)
     return path
 
 
@@ -74,11 +75,11 @@ def assert_same_params(a, b):
 
 
 # ======================================================================================
-# Spec 13 keys and shapes, spec 15 config
+# The original's state-dict keys and shapes, and its config dict
 
 
-def spec13_head_nano() -> dict[str, tuple]:
-    """Spec 13.1 + 13.3 for the HEAD Nano LatentPredictor, written out from the document."""
+def original_head_nano_keys() -> dict[str, tuple]:
+    """The original latest revision's Nano LatentPredictor keys and shapes, written out."""
     d = 128
     enc = {}
     for key, k in {"sentinel2_l2a__g0": 256, "sentinel2_l2a__g1": 384, "sentinel2_l2a__g2": 128,
@@ -121,8 +122,8 @@ def spec13_head_nano() -> dict[str, tuple]:
     return out
 
 
-def spec13_v1_nano() -> dict[str, tuple]:
-    """Spec 13.2 + 13.3 for the V1 Nano LatentPredictor."""
+def original_v1_nano_keys() -> dict[str, tuple]:
+    """The v1 original's Nano LatentPredictor keys and shapes, written out."""
     d = 128
     enc = {}
     for key, k in {"sentinel2_l2a": 3072, "sentinel1": 512, "landsat": 2816, "worldcover": 256,
@@ -163,8 +164,8 @@ def spec13_v1_nano() -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize("preset,spec,count", [
-    ("reference_head", spec13_head_nano, 284), ("reference_v1", spec13_v1_nano, 213)])
-def test_reference_export_of_official_nano_is_spec_13_and_15(tmp_path, preset, spec, count):
+    ("reference_head", original_head_nano_keys, 284), ("reference_v1", original_v1_nano_keys, 213)])
+def test_reference_export_of_official_nano_is_the_originals_format(tmp_path, preset, spec, count):
     cfg = make_config(preset, "nano")
     flat = random_params(cfg)
     out = ex.export_params(flat, tmp_path / "ref", cfg=cfg, kind="latent_predictor",
@@ -179,9 +180,9 @@ def test_reference_export_of_official_nano_is_spec_13_and_15(tmp_path, preset, s
     model_json = json.loads((out / "config.json").read_text())
     assert list(model_json) == ["model"]
     if preset == "reference_head":
-        assert model_json["model"] == SPEC15_HEAD_NANO
-    else:  # spec 15: the same without drop_path and tokenization_config, ...
-        expected = json.loads(json.dumps(SPEC15_HEAD_NANO))
+        assert model_json["model"] == ORIGINAL_HEAD_NANO_CONFIG
+    else:  # v1: the same without drop_path and tokenization_config, ...
+        expected = json.loads(json.dumps(ORIGINAL_HEAD_NANO_CONFIG))
         del expected["encoder"]["drop_path"], expected["encoder"]["tokenization_config"]
         expected["encoder"]["base_patch_size"] = 16
         expected.update(ema_momentum=0.996, projection_dim=256)
@@ -232,14 +233,14 @@ def test_other_kinds_and_encoder_only(tmp_path):
         sd = torch.load(out / "weights.pth", weights_only=True)
         assert ("_step" in sd) == (kind == "dual_branch")
         tm.build_model(cfg, kind).load_state_dict(sd, strict=True)
-        src = im.read_source(out)
+        src = tl.read_source(out)
         assert src.kind == kind
         if kind != "spatiotemporal":  # no decoder there: its fields are not in the file
             assert src.cfg == cfg
         assert_same_params(im.state_dict_to_params(src.cfg, kind, src.state_dict), flat)
         assert src.step == (5 if kind == "dual_branch" else 0)  # only _step is persisted
         st = ex.export_params(flat, tmp_path / f"{kind}_st", cfg=cfg, kind=kind, step=5)
-        assert im.read_source(st).step == 5 and im.read_source(st).cfg == cfg
+        assert tl.read_source(st).step == 5 and tl.read_source(st).cfg == cfg
     # --encoder-only from a LatentPredictor: bare EncoderConfig, keys without the prefix
     flat = random_params(cfg)
     out = ex.export_params(flat, tmp_path / "enc", cfg=cfg, kind="latent_predictor",
@@ -275,7 +276,7 @@ def test_jax_torch_jax_is_bit_identical(tmp_path, preset, fmt):
     names = {"reference": ["config.json", "weights.pth"],
              "safetensors": ["config.json", "model.safetensors"]}[fmt]
     assert sorted(p.name for p in out.iterdir()) == names
-    module = im.load_torch_model(out)  # strict load into our PyTorch module
+    module = tl.load_torch_model(out)  # strict load into our PyTorch module
     assert int(module._step) == 42
     im.import_checkpoint(out, tmp_path / "back")
     got, step = restored_flat(tmp_path / "back")
@@ -489,7 +490,7 @@ def test_cli_end_to_end(data_dir, tmp_path, capsys):
         assert ex.main(argv) == 0, capsys.readouterr().err
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary["format"] == fmt and summary["kind"] == "latent_predictor"
-        module = im.load_torch_model(out)
+        module = tl.load_torch_model(out)
         for k, v in module.state_dict().items():
             np.testing.assert_array_equal(v.numpy(), data[f"w/{k}"], err_msg=k)
     with np.load(tmp_path / "o.npz") as res:
@@ -537,9 +538,10 @@ def test_refuses_mismatching_state_dicts(tmp_path):
     sd["encoder.rope.inv_freq"] = torch.zeros(2)
     sd["online_proj.net.0.weight"] = torch.zeros(3, 3)
     torch.save(sd, out / "weights.pth")
-    with pytest.raises(rc.ReferenceFormatError) as err:
+    with pytest.raises(sdm.StateDictMismatch) as err:
         im.import_checkpoint(out, tmp_path / "jax")
     msg = str(err.value)
+    assert "\n" not in msg
     assert "weights.pth" in msg
     assert "missing keys (1): ['decoder.norm.bias']" in msg
     assert "unexpected keys (1): ['encoder.rope.inv_freq']" in msg
@@ -550,7 +552,7 @@ def test_refuses_mismatching_state_dicts(tmp_path):
     del sd["encoder.rope.inv_freq"], sd["_step"]
     sd["online_proj.net.0.weight"] = torch.zeros(32, 32)
     torch.save(sd, out / "weights.pth")
-    with pytest.raises(rc.ReferenceFormatError, match=r"missing keys \(1\): \['_step'\]"):
+    with pytest.raises(sdm.StateDictMismatch, match=r"missing keys \(1\): \['_step'\]"):
         im.import_checkpoint(out, tmp_path / "jax")
     # in-memory export checks the parameters too
     flat = random_params(cfg)
@@ -577,10 +579,10 @@ def test_refuses_pickled_objects_and_bad_configs(tmp_path):
     del config["model"]["_CLASS_"]
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(rc.ReferenceFormatError, match="no \"_CLASS_\""):
-        im.read_source(out)
+        tl.read_source(out)
     (out / "config.json").write_text(json.dumps({"trainer": {}}))
     with pytest.raises(rc.ReferenceFormatError, match="neither a top-level \"model\""):
-        im.read_source(out)
+        tl.read_source(out)
     assert im.main(["--source", str(out), "--out", str(tmp_path / "jax")]) == 2
 
 
@@ -593,3 +595,17 @@ def test_benchmark_step_prints_one_json_line(capsys, autocast):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["precision"] == ("bf16 autocast" if autocast == "bf16" else "float32")
     assert out["tokens_per_s"] > 0 and np.isfinite(out["loss"])
+
+
+def test_checkpoint_load_model_reads_exports_of_both_formats(tmp_path):
+    """spacenit_jax.checkpoint.load_model(export dir) gives the exported parameters."""
+    cfg = small("reference_head")
+    flat = random_params(cfg, seed=4)
+    for fmt in ex.FORMATS:
+        out = ex.export_params(flat, tmp_path / fmt, cfg=cfg, kind="latent_predictor",
+                               format=fmt, step=7)
+        loaded = ckpt.load_model(out)
+        assert (loaded.kind, loaded.step, loaded.cfg, loaded.source) == (
+            "latent_predictor", 7, cfg, "export")
+        assert_same_params(
+            {k: np.asarray(v) for k, v in sdm.flat_params(loaded.model).items()}, flat)

@@ -136,7 +136,7 @@ def test_golden_v1_index_sets_match_visibility_mask(data_dir):
 
 
 # --------------------------------------------------------------------------------------
-# Parameter counts (spec 12) and state-dict keys (spec 13)
+# Parameter counts and state-dict keys of the original's official sizes
 
 COUNTS = {  # (encoder, decoder, each projection head, total, state-dict keys)
     ("reference_head", "nano"): (1_346_304, 635_860, 33_024, 3_394_516, 284),
@@ -172,7 +172,7 @@ def test_official_parameter_counts(preset, size):
 
 
 def _head_nano_encoder_spec() -> dict[str, tuple[int, ...]]:
-    """Spec 13.1, written out from the document."""
+    """The original latest revision's Nano encoder keys and shapes, written out."""
     d = 128
     patch = {
         "sentinel2_l2a__g0": 256, "sentinel2_l2a__g1": 384, "sentinel2_l2a__g2": 128,
@@ -351,13 +351,14 @@ def test_tokenizer_matches_numpy_contract(preset, patches, hw):
 
 def test_position_scales_per_preset():
     x = {"sentinel2_l2a": torch.zeros(1, 12, 16, 16), "naip": torch.zeros(1, 4, 16, 16)}
+    s2 = {"sentinel2_l2a": x["sentinel2_l2a"]}
     head = tm.Encoder(make_config("reference_head", "nano", sensor_labels=("sentinel2_l2a",)))
-    assert set(head.token_ids(x, 4).scale.tolist()) == {4.0}
-    assert set(head.token_ids(x, 4, gsd=30.0).scale.tolist()) == {12.0}
-    assert set(head.token_ids(x, 4, gsd=torch.tensor([20.0, 40.0])).scale.tolist()) == {12.0}
+    assert set(head.token_ids(s2, 4).scale.tolist()) == {4.0}
+    assert set(head.token_ids(s2, 4, gsd=30.0).scale.tolist()) == {12.0}
+    assert set(head.token_ids(s2, 4, gsd=torch.tensor([20.0, 40.0])).scale.tolist()) == {12.0}
     v1 = tm.Encoder(make_config("reference_v1", "nano", sensor_labels=("sentinel2_l2a",)))
-    assert set(v1.token_ids(x, 4).scale.tolist()) == {1.0}
-    assert set(v1.token_ids(x, 4, gsd=25.0).scale.tolist()) == {2.5}
+    assert set(v1.token_ids(s2, 4).scale.tolist()) == {1.0}
+    assert set(v1.token_ids(s2, 4, gsd=25.0).scale.tolist()) == {2.5}
     dc = tm.Encoder(make_config("design_card", "nano", sensor_labels=("sentinel2_l2a", "naip")))
     ids = dc.token_ids(x, 4)
     s2 = ids.scale[ids.sensor == 0].unique().tolist()
@@ -370,13 +371,71 @@ def test_grid_limits_and_divisibility():
     enc = tm.Encoder(cfg)
     with pytest.raises(ValueError, match="max_grid"):
         enc({"srtm": torch.zeros(1, 1, 40, 8)})
-    with pytest.raises(ValueError, match="divisible"):
-        enc({"srtm": torch.zeros(1, 1, 18, 16)}, patch_size=4)
-    # P == P0 drops the remainder rows (no divisibility check), like the original
-    out = enc({"srtm": torch.zeros(1, 1, 18, 16)})
-    assert out[0].shape == (1, 1 + 2 * 2, 128)
-    with pytest.raises(ValueError, match="none of the configured"):
-        enc({"sentinel1": torch.zeros(1, 2, 16, 16)})
+    # one rule at every patch size, the base patch size P0 = 8 included: the original
+    # silently drops the remainder rows at P0; we refuse, as the JAX model does
+    for p in (4, 8):
+        with pytest.raises(ValueError, match=f"'srtm': spatial size 18x16 is not divisible "
+                                             f"by the patch size {p}"):
+            enc({"srtm": torch.zeros(1, 1, 18, 16)}, patch_size=p)
+    assert enc({"srtm": torch.zeros(1, 1, 16, 16)})[0].shape == (1, 1 + 2 * 2, 128)
+
+
+S2 = ", ".join(sensors.get("sentinel2_l2a").bands)
+
+
+@pytest.mark.parametrize("inputs,error,match", [
+    # unknown and misspelled sensors are refused (they used to be dropped silently)
+    ({"sentinel2_l2": torch.zeros(1, 12, 8, 8)}, ValueError,
+     r"^unknown sensor 'sentinel2_l2' \(did you mean 'sentinel2_l2a'\?\); this model's "
+     r"sensors: sentinel2_l2a, srtm \(all known sensors: sentinel2_l2a, .*\)$"),
+    ({"Sentinel1": torch.zeros(1, 2, 8, 8)}, ValueError,
+     r"^unknown sensor 'Sentinel1' \(did you mean 'sentinel1'\?\)"),
+    ({"modis": torch.zeros(1, 2, 8, 8)}, ValueError, r"^unknown sensor 'modis'; this model's"),
+    ({"srtm": torch.zeros(1, 1, 8, 8), "sentinel1": torch.zeros(1, 2, 8, 8)}, ValueError,
+     r"^sensor 'sentinel1' is not one of this model's sensors \(sentinel2_l2a, srtm\)"),
+    # wrong layout, channel count, type, dtype, batch sizes, months
+    ({"sentinel2_l2a": torch.zeros(1, 8, 8, 12)}, ValueError,
+     rf"^sensor 'sentinel2_l2a': expected 12 channels \({S2}\) on axis 1 of \(B, C, H, W"
+     r"\[, T\]\), got shape \(1, 8, 8, 12\); it looks channel-last: use "
+     r"x.permute\(0, 3, 1, 2\)$"),
+    ({"sentinel2_l2a": torch.zeros(1, 8, 8, 2, 12)}, ValueError,
+     r"channel-last: use x.permute\(0, 4, 1, 2, 3\)$"),
+    ({"sentinel2_l2a": torch.zeros(1, 10, 8, 8)}, ValueError,
+     r"^sensor 'sentinel2_l2a': expected 12 channels .* got shape \(1, 10, 8, 8\)$"),
+    ({"srtm": torch.zeros(8, 8)}, ValueError,
+     r"^sensor 'srtm': expected a \(B, 1, H, W\) or \(B, 1, H, W, T\) tensor"),
+    ({"srtm": np.zeros((1, 1, 8, 8), np.float32)}, TypeError,
+     r"^sensor 'srtm': expected a torch.Tensor .* got ndarray \(torch.from_numpy"),
+    ({"srtm": torch.zeros(1, 1, 8, 8, dtype=torch.int16)}, TypeError,
+     r"^sensor 'srtm': dtype torch.int16, expected a floating-point tensor"),
+    ({"srtm": torch.zeros(1, 1, 8, 8, dtype=torch.float64)}, TypeError,
+     r"^sensor 'srtm': dtype torch.float64, but the model's parameters are torch.float32"),
+    ({"srtm": torch.zeros(2, 1, 8, 8), "sentinel2_l2a": torch.zeros(3, 12, 8, 8)}, ValueError,
+     r"^sensor inputs have different batch sizes: \{'srtm': 2, 'sentinel2_l2a': 3\}$"),
+    ({}, ValueError, r"^no sensor inputs given; this model's sensors: sentinel2_l2a, srtm$"),
+    ([torch.zeros(1, 1, 8, 8)], TypeError, r"^sensor_data must be a dict"),
+])
+def test_bad_inputs_raise_one_line_errors_naming_the_sensor(inputs, error, match):
+    cfg = make_config("reference_head", "nano", sensor_labels=("sentinel2_l2a", "srtm"),
+                      embed_dim=32, depth=1, num_heads=2, decoder_depth=1, decoder_num_heads=2)
+    model = tm.LatentPredictor(cfg).eval()
+    with pytest.raises(error, match=match) as err:
+        model.encoder(inputs, patch_size=4)
+    assert "\n" not in str(err.value)
+    with pytest.raises(error, match=match):  # every entry point checks the same way
+        model(inputs, patch_size=4)
+
+
+def test_bad_month_indices():
+    cfg = make_config("reference_head", "nano", sensor_labels=("srtm",), embed_dim=32,
+                      depth=1, num_heads=2)
+    enc = tm.Encoder(cfg)
+    x = {"srtm": torch.zeros(2, 1, 8, 8)}
+    enc(x, patch_size=4, month_indices=torch.tensor([[0], [-12]]))  # negative months wrap
+    with pytest.raises(ValueError, match=r"^month_indices: months are 0-11 .* from 0 to 12$"):
+        enc(x, patch_size=4, month_indices=torch.tensor([[0], [12]]))
+    with pytest.raises(ValueError, match=r"^month_indices: expected a \(2, T\) integer"):
+        enc(x, patch_size=4, month_indices=torch.tensor([1, 2]))
 
 
 # --------------------------------------------------------------------------------------
@@ -419,7 +478,7 @@ def test_rope_interleaved_pairs_and_float32():
     e, o = x[..., 0::2], x[..., 1::2]
     torch.testing.assert_close(y[..., 0::2], e * c - o * s, atol=1e-6, rtol=0)
     torch.testing.assert_close(y[..., 1::2], e * s + o * c, atol=1e-6, rtol=0)
-    # frequencies (spec 4.2/4.3) for hd = 16
+    # frequencies theta^(-4j/hd) (spatial) and theta^(-2k/hd) (temporal) for hd = 16
     torch.testing.assert_close(tm.SpatialRoPE(16).inv_freq,
                                torch.tensor([1.0, 0.1, 0.01, 0.001]))
     torch.testing.assert_close(tm.TemporalRoPE(16).freqs[1].angle(),
@@ -674,3 +733,32 @@ def test_pixel_head_fold():
     # token vector laid out channel-major: c*p*p + i*p + j
     assert img[0, 1, 1, 0] == 1 * 4 + 1 * 2 + 0
     assert img[0, 2, 3, 5] == 2 * 4 + 1 * 2 + 1
+
+
+def test_bad_patch_sizes_masks_and_indices():
+    cfg = make_config("reference_head", "nano", sensor_labels=("srtm",), embed_dim=32,
+                      depth=1, num_heads=2, decoder_depth=1, decoder_num_heads=2)
+    model = tm.LatentPredictor(cfg).eval()
+    x = {"srtm": torch.zeros(2, 1, 8, 8)}  # 1 type token + 2x2 patches at P = 4
+    for p in (0, -4, 2.5):
+        with pytest.raises(ValueError, match=r"^patch_size must be a positive integer"):
+            model.encoder(x, patch_size=p)
+    with pytest.raises(ValueError, match=r"^mask_indices: token positions must be in \[0, 5\)"
+                                         r" \(the input has 5 tokens\), got values from 0 to 5$"):
+        model.encoder(x, patch_size=4, mask_indices=torch.tensor([[0, 5], [1, 2]]))
+    with pytest.raises(ValueError, match=r"^mask_indices: expected a \(2, K\) integer tensor"):
+        model.encoder(x, patch_size=4, mask_indices=torch.tensor([0, 1]))
+    good = torch.tensor([[0, 2, 2, 1, 3], [0, 2, 2, 0, 1]])
+    assert model(x, visibility_mask=good, patch_size=4)["predictions"].shape == (2, 2, 32)
+    for bad, match in [
+        (good.bool(), r"^visibility_mask must be a \(B, N\) = \(2, 5\) integer tensor of token "
+                      r"states \(0 VISIBLE, 1 TARGET_ONLY, 2 PREDICTED, 3 ABSENT\), got "
+                      r"torch.bool \(2, 5\)$"),
+        (good[:, :4], r"^visibility_mask must be a \(B, N\) = \(2, 5\) .* got torch.int64 \(2, 4\)"),
+        (good + 1, r"^visibility_mask: token states are 0 VISIBLE, .*; got values from 1 to 4$"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model(x, visibility_mask=bad, patch_size=4)
+    ae = tm.AutoEncoder(cfg.replace(out_channels=1)).eval()
+    with pytest.raises(ValueError, match=r"^visibility_mask: token states"):
+        ae(x, visibility_mask=good - 1, patch_size=4, height=8, width=8)

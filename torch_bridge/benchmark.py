@@ -19,6 +19,7 @@ import tempfile
 import time
 
 import numpy as np
+from flax import traverse_util
 
 from spacenit_jax import checkpoint as ckpt
 from spacenit_jax.model.config import config_to_dict, make_config
@@ -45,7 +46,7 @@ def bench_model(preset: str, size: str, root: pathlib.Path, kind: str = "latent_
     t0 = time.perf_counter()
     flat = random_params(cfg, kind)
     workdir = root / f"{preset}_jax"
-    ckpt.write_params_checkpoint(workdir, im.nest(flat), {
+    ckpt.write_params_checkpoint(workdir, traverse_util.unflatten_dict(flat), {
         "model": {"config": config_to_dict(cfg), "kind": kind}}, step=1000)
     result = {"model": f"{preset} {size} {kind}", "params": int(sum(v.size for v in flat.values())),
               "setup_s": round(time.perf_counter() - t0, 2),

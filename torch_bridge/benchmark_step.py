@@ -3,8 +3,8 @@
     python -m torch_bridge.benchmark_step [--size nano --samples 8 --patch-size 4 \
         --crop-patches 4 --timesteps 12 --steps 5]
 
-The step is the latest original's ContrastiveLatentMIM step (spec data section 8.2) run
-by our PyTorch twin of the original (torch_model.py, state-dict and output parity with
+The step is the latest original's ContrastiveLatentMIM step run
+by our PyTorch twin of the original (torch_bridge/torch_model/, state-dict and output parity with
 the original): EMA update, two masked views through the LatentPredictor, patch
 discrimination (tau 0.1) + 0.1 x InfoNCE of the pooled online encodings, backward,
 gradient clipping at 1.0, AdamW (lr 1e-4, wd 0.02), on the CPU in float32, or with

@@ -4,13 +4,13 @@ Two formats:
 
 * ``reference``: ``config.json`` ({"model": <the original's config dict>}) and
   ``weights.pth`` (a plain ``torch.save``d dict of tensors), the directory layout the
-  original SpaceNit's ``load_from_directory`` reads with a strict ``load_state_dict``
-  (reference-model spec 15). Every key is written (target encoder, decoders, projection
+  original SpaceNit's ``load_from_directory`` reads with a strict ``load_state_dict``.
+  Every key is written (target encoder, decoders, projection
   heads, and ``_step`` first where the original module has it) and nothing else. Only the
   reference presets have a counterpart there; anything else is refused with the reason.
 * ``safetensors`` (default): ``model.safetensors`` and ``config.json`` (our ModelConfig and
   model kind) for our own PyTorch module ``torch_bridge.torch_model``; any preset, and no
-  pickle anywhere.
+  pickle anywhere. ``torch_bridge.load.load_torch_model(dir)`` loads it without JAX.
 
 The key set written is checked against the PyTorch module built on the meta device
 before anything is written, so an export that the target cannot load strictly fails here.
@@ -37,19 +37,21 @@ import sys
 from collections.abc import Mapping
 
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 
 from spacenit_jax import checkpoint as ckpt
 from spacenit_jax.model import models
 from spacenit_jax.model import state_dict as sdm
 from spacenit_jax.model.config import ModelConfig, config_to_dict
 from torch_bridge import reference_config as rc
+from torch_bridge.load import (
+    CONFIG_FILE,
+    REFERENCE_WEIGHTS,
+    SAFETENSORS_FILE,
+    SAFETENSORS_FORMAT,
+)
 
 FORMATS = ("safetensors", "reference")
-SAFETENSORS_FORMAT = "spacenit_jax.torch_bridge.safetensors/1"
-SAFETENSORS_FILE = "model.safetensors"
-REFERENCE_WEIGHTS = "weights.pth"
-CONFIG_FILE = "config.json"
 # Arrays of an --inputs npz that are not sensor images.
 INPUT_EXTRAS = ("patch_size", "month_indices", "gsd")
 
@@ -66,16 +68,7 @@ def flatten_params(params) -> dict[tuple, np.ndarray]:
     elif isinstance(params, Mapping) and params and all(isinstance(k, tuple) for k in params):
         flat = dict(params)
     elif isinstance(params, Mapping):
-        flat = {}
-
-        def walk(node, path):
-            if isinstance(node, Mapping):
-                for k, v in node.items():
-                    walk(v, path + (k,))
-            else:
-                flat[path] = node
-
-        walk(params, ())
+        flat = traverse_util.flatten_dict(dict(params))
     else:
         raise TypeError(f"expected an nnx Module/State or a dict of parameters, got "
                         f"{type(params).__name__}")
@@ -105,7 +98,7 @@ def _model_kind_of(module) -> str:
 
 def torch_key_shapes(cfg: ModelConfig, kind: str) -> dict[str, tuple[int, ...]]:
     """Keys and shapes of our PyTorch module (meta device: nothing allocated), in its
-    state-dict order. For the reference presets these are the original's (spec 13)."""
+    state-dict order. For the reference presets these are the original's."""
     from torch_bridge import torch_model
 
     module = torch_model.build_model(cfg, kind, device="meta")
@@ -132,16 +125,9 @@ def torch_state_dict(cfg: ModelConfig, kind: str, params, *, step: int = 0,
         flat, kind = encoder_params(flat, kind), "encoder"
     sd = sdm.to_state_dict(cfg, flat)
     expected = torch_key_shapes(cfg, kind)
-    missing = [k for k in expected if k not in sd and k != "_step"]
-    extra = sorted(set(sd) - set(expected))
-    wrong = [f"{k}: {tuple(sd[k].shape)}, expected {expected[k]}" for k in expected
-             if k in sd and tuple(sd[k].shape) != expected[k]]
-    if missing or extra or wrong:
-        raise ValueError(
-            f"the {cfg.preset} {kind} parameters do not match the PyTorch module"
-            + (f"\n  missing keys ({len(missing)}): {missing}" if missing else "")
-            + (f"\n  unexpected keys ({len(extra)}): {extra}" if extra else "")
-            + (f"\n  mis-shaped keys ({len(wrong)}): {wrong}" if wrong else ""))
+    sdm.check_keys({k: v.shape for k, v in sd.items()},
+                   {k: v for k, v in expected.items() if k != "_step"},
+                   f"the {cfg.preset} {kind} parameters do not match the PyTorch module")
     out = {}
     for key in expected:
         if key == "_step":

@@ -1,15 +1,7 @@
 """Import a PyTorch checkpoint directory into a JAX parameter checkpoint.
 
-Sources (a directory with ``config.json``):
-
-* the original SpaceNit's format: ``config.json`` with a top-level "model" dict and
-  ``weights.pth``, a plain state dict. The file is read with
-  ``torch.load(weights_only=True)`` only: a file that needs arbitrary unpickling (custom
-  classes) is refused, never executed. The "model" dict of either revision becomes a
-  ModelConfig by the rule in ``torch_bridge.reference_config`` (the weights' key names
-  decide the revision);
-* our safetensors export (``model.safetensors`` + our ``config.json``).
-
+Sources: a directory in our safetensors format or the original SpaceNit's
+(``config.json`` + ``weights.pth``), read by `torch_bridge.load.read_source` (see there).
 The state dict must match the model exactly, as the original's strict
 ``load_state_dict`` requires: the error lists missing, unexpected and mis-shaped keys.
 The result is written with ``checkpoint.write_params_checkpoint`` at the step stored in
@@ -29,139 +21,19 @@ import argparse
 import functools
 import json
 import pathlib
-import pickle
 import sys
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import jax
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 
 from spacenit_jax import checkpoint as ckpt
 from spacenit_jax.model import models
 from spacenit_jax.model import state_dict as sdm
-from spacenit_jax.model.config import ModelConfig, config_from_dict, config_to_dict
+from spacenit_jax.model.config import ModelConfig, config_to_dict
 from torch_bridge import reference_config as rc
-from torch_bridge.export import (
-    CONFIG_FILE,
-    REFERENCE_WEIGHTS,
-    SAFETENSORS_FILE,
-    SAFETENSORS_FORMAT,
-)
-
-
-class Source(NamedTuple):
-    cfg: ModelConfig
-    kind: str
-    state_dict: dict[str, np.ndarray]  # torch keys and layouts, `_step` included
-    format: str  # "reference" | "safetensors"
-    weights_file: pathlib.Path
-    notes: list[str]
-    step: int  # `_step` where the model has it, else the step recorded by our export, else 0
-
-
-# ======================================================================================
-# Reading files
-
-
-def load_reference_weights(path) -> dict[str, np.ndarray]:
-    """A plain state dict from a weights.pth, read with torch.load(weights_only=True)."""
-    import torch
-
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file {path}")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:  # legacy (non-zip) serialisation cannot be mmapped
-            if "mmap" not in str(err):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        detail = [line.strip() for line in str(err).splitlines()
-                  if "WeightsUnpickler error" in line or "Unsupported" in line]
-        raise rc.ReferenceFormatError(
-            f"{path}: refused: torch.load(weights_only=True) rejects this file because it "
-            f"holds pickled Python objects other than tensors, and unpickling those could "
-            f"run arbitrary code. Re-save it as a plain dict of tensors "
-            f"(torch.save(model.state_dict(), ...))."
-            + (f" ({detail[0]})" if detail else "")) from None
-    if not isinstance(obj, Mapping):
-        raise rc.ReferenceFormatError(
-            f"{path}: holds a {type(obj).__name__}, expected a plain state dict "
-            f"(dict of parameter name -> tensor)")
-    sd = {}
-    bad = []
-    for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            bad.append(f"{key!r}: {type(value).__name__}")
-            continue
-        value = value.detach().cpu()
-        if value.is_floating_point() and value.dtype != torch.float32:
-            value = value.float()
-        sd[key] = value.numpy()
-    if bad:
-        raise rc.ReferenceFormatError(
-            f"{path}: expected a flat dict of tensors; entries that are not: {bad[:10]}"
-            + (" (a nested checkpoint? save model.state_dict() itself)" if bad else ""))
-    return sd
-
-
-def _read_json(path: pathlib.Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path.name} in {path.parent}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise rc.ReferenceFormatError(f"{path}: not valid JSON ({err})") from None
-
-
-def read_source(source, **overrides) -> Source:
-    """Config, kind and state dict of a checkpoint directory in either format.
-
-    overrides: ModelConfig fields to set (execution switches such as scan_layers=True).
-    """
-    source = pathlib.Path(source)
-    if not source.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {source} does not exist")
-    meta = _read_json(source / CONFIG_FILE)
-    if not isinstance(meta, dict):
-        raise rc.ReferenceFormatError(f"{source / CONFIG_FILE}: expected a JSON object")
-    if "format" in meta:
-        if meta["format"] != SAFETENSORS_FORMAT:
-            raise rc.ReferenceFormatError(
-                f"{source / CONFIG_FILE}: format {meta['format']!r}, this reader knows "
-                f"{SAFETENSORS_FORMAT!r}")
-        from safetensors.numpy import load_file
-
-        weights = source / SAFETENSORS_FILE
-        if not weights.is_file():
-            raise FileNotFoundError(f"no {SAFETENSORS_FILE} in {source}")
-        try:
-            cfg = config_from_dict(meta["config"])
-            kind = meta["kind"]
-        except (KeyError, TypeError, ValueError) as err:
-            raise rc.ReferenceFormatError(
-                f"{source / CONFIG_FILE}: bad model config ({err})") from None
-        if kind not in models.MODELS:
-            raise rc.ReferenceFormatError(f"{source / CONFIG_FILE}: unknown kind {kind!r}")
-        if overrides:
-            cfg = cfg.replace(**overrides)
-        sd = load_file(weights)
-        step = int(sd["_step"]) if "_step" in sd else int(meta.get("step", 0))
-        return Source(cfg, kind, sd, "safetensors", weights, [], step)
-    if "model" not in meta:
-        raise rc.ReferenceFormatError(
-            f"{source / CONFIG_FILE}: neither a top-level \"model\" entry (the original's "
-            f"format) nor our \"format\" tag; keys: {sorted(meta)}")
-    weights = source / REFERENCE_WEIGHTS
-    sd = load_reference_weights(weights)
-    cfg, kind, notes = rc.parse_model_dict(meta["model"], sd.keys(), **overrides)
-    step = int(sd["_step"]) if "_step" in sd and np.ndim(sd["_step"]) == 0 else 0
-    return Source(cfg, kind, sd, "reference", weights, notes, step)
-
+from torch_bridge.load import read_source
 
 # ======================================================================================
 # State dict -> parameters
@@ -178,50 +50,25 @@ def _param_shapes(cfg: ModelConfig, kind: str):
     return tuple(sdm.flat_params(model).items())
 
 
+def _buffers(kind: str) -> dict[str, tuple]:
+    """Non-parameter state-dict entries of the original's module of `kind`."""
+    return {"_step": ()} if kind in rc.KINDS_WITH_STEP else {}
+
+
 def expected_state_dict_shapes(cfg: ModelConfig, kind: str) -> dict[str, tuple[int, ...]]:
     """{torch key: torch shape} our JAX model of `kind` maps to, `_step` included where
     the original module has it. Computed from shapes only (nothing is allocated)."""
-    out = {"_step": ()} if kind in rc.KINDS_WITH_STEP else {}
-    for path, leaf in param_shapes(cfg, kind).items():
-        key, transform = sdm.torch_name(cfg, path)
-        shape = tuple(leaf.shape)
-        if transform == "T":
-            shape = shape[::-1]
-        elif transform == "token":
-            shape = (1, 1, *shape)
-        out[key] = shape
-    return out
+    return {**_buffers(kind), **sdm.torch_shapes(cfg.replace(scan_layers=False),
+                                                  param_shapes(cfg, kind))}
 
 
 def state_dict_to_params(cfg: ModelConfig, kind: str, sd: Mapping[str, np.ndarray],
                          where: str = "state dict") -> dict[tuple, np.ndarray]:
-    """Flat JAX parameters from a torch-layout state dict that must match exactly."""
-    expected = expected_state_dict_shapes(cfg, kind)
-    missing = [k for k in expected if k not in sd]
-    extra = sorted(set(sd) - set(expected))
-    wrong = [f"{k}: {tuple(np.shape(sd[k]))}, expected {expected[k]}" for k in expected
-             if k in sd and tuple(np.shape(sd[k])) != expected[k]]
-    if missing or extra or wrong:
-        raise rc.ReferenceFormatError(
-            f"{where} does not match the {cfg.preset} {kind} model"
-            + (f"\n  missing keys ({len(missing)}): {missing}" if missing else "")
-            + (f"\n  unexpected keys ({len(extra)}): {extra}" if extra else "")
-            + (f"\n  mis-shaped keys ({len(wrong)}): {wrong}" if wrong else ""))
-    flat_cfg = cfg.replace(scan_layers=False)
-    params = {k: v for k, v in sd.items() if k != "_step"}
-    flat = sdm.from_state_dict(flat_cfg, params, param_shapes(cfg, kind))
+    """Flat JAX parameters (stacked if cfg.scan_layers) from a torch-layout state dict
+    that must match exactly (sdm.StateDictMismatch otherwise, naming `where`)."""
+    flat = sdm.from_state_dict(cfg.replace(scan_layers=False), sd, param_shapes(cfg, kind),
+                               what=f"{where} ({cfg.preset} {kind})", buffers=_buffers(kind))
     return sdm.stack_layers(flat, cfg)
-
-
-def nest(flat: Mapping[tuple, np.ndarray]) -> dict:
-    """Flat {path: array} -> the nested dict of nnx.to_pure_dict (what checkpoints hold)."""
-    root: dict = {}
-    for path, value in flat.items():
-        node = root
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = np.ascontiguousarray(value)
-    return root
 
 
 def import_checkpoint(source, out, *, step: int | None = None, **overrides) -> pathlib.Path:
@@ -235,22 +82,8 @@ def import_checkpoint(source, out, *, step: int | None = None, **overrides) -> p
     config = {"model": {"config": config_to_dict(src.cfg), "kind": src.kind},
               "imported_from": {"source": str(pathlib.Path(source).absolute()),
                                 "format": src.format, "notes": src.notes}}
-    return ckpt.write_params_checkpoint(out, nest(flat), config, step=step)
-
-
-def load_torch_model(source, **overrides):
-    """Our PyTorch module (evaluation mode) loaded strictly from a directory in either
-    format: the way to use an export, or the original's checkpoint, in PyTorch here."""
-    import torch
-
-    from torch_bridge import torch_model
-
-    src = read_source(source, **overrides)
-    module = torch_model.build_model(src.cfg, src.kind)
-    sd = {k: torch.from_numpy(v if v.flags.writeable else v.copy())
-          for k, v in src.state_dict.items()}
-    module.load_state_dict(sd, strict=True)
-    return module.eval()
+    return ckpt.write_params_checkpoint(out, traverse_util.unflatten_dict(flat), config,
+                                        step=step)
 
 
 # ======================================================================================

@@ -1,6 +1,6 @@
 """The original's checkpoint `config.json` "model" dict <-> our ModelConfig (numpy/json only).
 
-The original's loader (reference-model spec 15) reads the value under the top-level key
+The original's loader (`load_from_directory`) reads the value under the top-level key
 "model": nested dicts, each dataclass tagged with "_CLASS_": "<module>.<Class>", None and
 underscore fields omitted. Fields it does not know are dropped by its fallback loader but
 fail olmo-core's, so each revision gets exactly its own fields (the v1 EncoderConfig has
@@ -49,7 +49,8 @@ REFERENCE_PRESETS = ("reference_head", "reference_v1")
 # Kinds whose original module has the persistent `_step` buffer (EMA counter).
 KINDS_WITH_STEP = ("latent_predictor", "dual_branch")
 
-# The original's dataclass defaults (spec 6, 9.1-9.6), used for fields a dict omits.
+# The original's dataclass defaults (its EncoderConfig and model configs), used for fields
+# a dict omits.
 ENCODER_DEFAULTS = dict(embed_dim=768, depth=12, num_heads=12, num_kv_heads=None,
                         ffn_expansion=8 / 3, dropout=0.0, drop_path=0.0, base_patch_size=16,
                         max_grid=64, max_timesteps=64, reference_gsd=10.0, sensor_labels=[],
@@ -164,7 +165,7 @@ def encoder_dict(cfg: ModelConfig) -> dict:
 
 
 def model_dict(cfg: ModelConfig, kind: str) -> dict:
-    """The original's "model" dict for a `kind` model built from `cfg` (spec 15)."""
+    """The original's "model" dict for a `kind` model built from `cfg`."""
     check_exportable(cfg, kind)
     enc = encoder_dict(cfg)
     if kind == "encoder":

@@ -1,4 +1,4 @@
-"""Augmentations on channel-last per-sample arrays (spec data §5), from explicit RNGs.
+"""Augmentations on channel-last per-sample arrays, from explicit RNGs.
 
 Arrays are those of `h5.Sample`: space+time (H, W, T, C), space-only (H, W, 1, C),
 time-only (T, C), constant (C,); H and W are axes 0 and 1 for every spatial sensor.
@@ -6,8 +6,9 @@ time-only (T, C), constant (C,); H and W are axes 0 and 1 for every spatial sens
 Differences from the original, on purpose:
 - every draw comes from the record's own numpy Generator (the original uses Python's
   global `random` once per batch): the dihedral symmetry is per sample and per view;
-- CutMix cuts on the real H/W axes of each spatial sensor (quirk 9 fixed) and scales the
-  box by the sensor's stored pixels per base pixel (naip_10);
+- CutMix cuts on the real H/W axes of each spatial sensor (the original reads H and W
+  from axes 1 and 2, which are channels and height in its channel-first batches) and
+  scales the box by the sensor's stored pixels per base pixel (naip_10);
 - SensorDropout marks a dropped sensor fully ABSENT instead of deleting it, so array
   shapes (and hence the packing plan) stay fixed; the masker then marks all its tokens
   ABSENT and it vanishes from every token stream, which is what deletion meant.
@@ -32,7 +33,9 @@ Arrays = dict[str, np.ndarray]
 
 
 def dihedral(x: np.ndarray, sym: int) -> np.ndarray:
-    """One of the 8 symmetries on axes (0, 1) = (H, W); spec §5 numbering."""
+    """One of the 8 symmetries on axes (0, 1) = (H, W), numbered as the original does:
+    0 identity; 1, 2, 3 rot90 by k = 1, 2, 3; 4 flip W; 5 flip H; 6 rot90 then flip W;
+    7 rot90 then flip H."""
     if sym == 0:
         return x
     if sym in (1, 2, 3):

@@ -1,15 +1,16 @@
-"""Token visibility masks in the tokenizer's token order (spec data §6).
+"""Token visibility masks in the tokenizer's token order.
 
-States (spec §6.1): 0 VISIBLE (online encoder), 1 TARGET_ONLY, 2 PREDICTED (decoder
-queries / loss), 3 ABSENT (no data: in no stream).
+States (`tokenization.TokenState`, the original's values): 0 VISIBLE (online encoder),
+1 TARGET_ONLY (target encoder only), 2 PREDICTED (decoder queries / loss), 3 ABSENT (no
+data: in no stream).
 
 Token order is the tokenizer's (`tokenization.sample_tokens`): per configured sensor a
 type token, then its patch tokens time-major, then spectral group, then patch row, then
 column. Every strategy and the ABSENT detection work on a (T, G, Hp, Wp) view of a
 sensor's tokens and flatten it C-order, so they agree with the tokenizer by
-construction. This fixes the original's quirk (spec §13 item 1): there, ABSENT marking
-and the spatial/spectral structured masks assumed other orders and hit the wrong
-tokens whenever T > 1. Here a spatial block is one patch position across all groups
+construction. The original's ABSENT marking (group-major, time-fastest) and its
+spatial / spectral structured masks assume other orders than its own tokenizer
+(time-major), so for T > 1 they hit the wrong tokens; here they cannot. Here a spatial block is one patch position across all groups
 and timesteps, a temporal block one timestep across all groups and positions, a
 spectral block one group across all timesteps and positions.
 
@@ -35,42 +36,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from spacenit_jax import sensors
-from spacenit_jax.sensors import MISSING_VALUE, SensorKind
+from spacenit_jax.data.budget import Geometry, sensor_geometry
+from spacenit_jax.sensors import MISSING_VALUE
 from spacenit_jax.tokenization import TokenLayout, TokenState
 
 VISIBLE, TARGET_ONLY, PREDICTED, ABSENT = TokenState  # short names for the module
 STATE_DTYPE = np.int8
 STRUCTURES = ("random", "spatial", "temporal", "spectral")
-
-
-class Geometry(NamedTuple):
-    """Token grid of one sensor in one sample: N = t * g * hp * wp."""
-
-    t: int
-    g: int
-    hp: int
-    wp: int
-
-    @property
-    def n(self) -> int:
-        return self.t * self.g * self.hp * self.wp
-
-
-def sensor_geometry(layout: TokenLayout, label: str, x: np.ndarray, patch_size: int
-                    ) -> Geometry:
-    """Geometry of a channel-last sensor array at a patch size (divisibility checked)."""
-    spec = sensors.get(label)
-    g = len(layout.sensor_groups(label))
-    pp = layout.patch_pixels(label, patch_size)
-    if spec.kind not in (SensorKind.SPACE_TIME, SensorKind.SPACE):
-        raise ValueError(f"sensor {label!r} ({spec.kind.value}) has no patch tokens")
-    if x.ndim != 4:
-        raise ValueError(f"sensor {label!r}: expected (H, W, T, C), got shape {x.shape}")
-    h, w, t = x.shape[:3]
-    if h % pp or w % pp:
-        raise ValueError(
-            f"sensor {label!r}: {h}x{w} pixels are not a multiple of its {pp}-pixel patches")
-    return Geometry(t if spec.kind == SensorKind.SPACE_TIME else 1, g, h // pp, w // pp)
 
 
 def absent_tokens(layout: TokenLayout, label: str, x: np.ndarray, patch_size: int
@@ -79,7 +51,7 @@ def absent_tokens(layout: TokenLayout, label: str, x: np.ndarray, patch_size: in
 
     A patch token (t, g, r, c) is ABSENT iff all channels of the sensor (not only its
     group's) over its P*m x P*m pixels at timestep t equal -99999, checked on the
-    un-resized input (spec §6.5), then broadcast to all groups.
+    un-resized input (the original's rule), then broadcast to all groups.
     """
     geo = sensor_geometry(layout, label, x, patch_size)
     pp = layout.patch_pixels(label, patch_size)
@@ -115,7 +87,12 @@ def _block_axis(structure: str, geo: Geometry) -> tuple[int, ...]:
 
 def create_mask(geo: Geometry, enc: float, dec: float, structure: str,
                 rng: np.random.Generator) -> np.ndarray:
-    """All TARGET_ONLY, then n_enc random units VISIBLE and n_dec PREDICTED (spec §6.2)."""
+    """All TARGET_ONLY, then n_enc random units VISIBLE and n_dec PREDICTED.
+
+    n_enc = int(units * enc) (at least 1 for "random" when enc > 0), n_dec =
+    int(units * dec) clipped to units - n_enc; a unit is a token ("random"), a patch
+    position ("spatial"), a timestep ("temporal") or a spectral group ("spectral").
+    """
     if structure == "random":
         n = geo.n
         n_enc, n_dec = _counts(n, enc, dec, True)
@@ -223,7 +200,8 @@ def _check_structure(s: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class CrossSensorMasking(Strategy):
     """Base mask clamped to [min_encoded, max_encoded] visible; decode-only sensors
-    are PREDICTED except max(1, int(0.05 N)) VISIBLE tokens (spec §6.3-6.4)."""
+    are PREDICTED except max(1, int(0.05 N)) VISIBLE tokens (kept so that the sensor's
+    embedding still gets gradients)."""
 
     base_strategy: str = "random"
     base_encode_ratio: float = 0.25
@@ -356,8 +334,8 @@ class CompositeMasking(Strategy):
 
 
 def compose_masks(masks: Sequence[np.ndarray], rule: str) -> np.ndarray:
-    """Combine masks (spec §6.3): union = elementwise min, intersection = max,
-    cascade = sequential max keeping ABSENT; ABSENT anywhere stays ABSENT."""
+    """Combine masks: union = elementwise min (the more visible state), intersection =
+    max, cascade = sequential max keeping ABSENT; ABSENT anywhere stays ABSENT."""
     if not masks:
         raise ValueError("compose_masks needs at least one mask")
     if len(masks) == 1:
@@ -484,21 +462,10 @@ def mask_sample(layout: TokenLayout, arrays: Mapping[str, np.ndarray], patch_siz
 
 
 def visibility_vector(masks: Sequence[SensorMask]) -> np.ndarray:
-    """(N_total,) states in tokenizer order, type tokens included (spec §6.6)."""
+    """(N_total,) states in tokenizer order: per sensor its type token (VISIBLE, or
+    ABSENT when all its tokens are), then its patch tokens."""
     parts = []
     for m in masks:
         parts.append(np.asarray([m.type_state], STATE_DTYPE))
         parts.append(m.states)
     return np.concatenate(parts) if parts else np.zeros(0, STATE_DTYPE)
-
-
-def sample_bounds(layout: TokenLayout, strategy: Strategy, geometries: Mapping[str, Geometry]
-                  ) -> tuple[int, int]:
-    """Upper bounds on VISIBLE and PREDICTED tokens of a whole sample, type tokens
-    (always VISIBLE unless the sensor is absent) included."""
-    v = p = 0
-    for label, geo in geometries.items():
-        bv, bp = strategy.bounds(label, geo)
-        v += bv + 1
-        p += bp
-    return v, p

@@ -1,4 +1,4 @@
-"""Per-band normalisation with the original's statistics (spec data §3, §2.5 steps 6-7).
+"""Per-band normalisation with the original's statistics.
 
 Two strategies, tried in this order per sensor (the original's dataset policy):
   COMPUTED   (norm_stats/computed.json, mean/std): y = (x - (mean - 2 std)) / (4 std),
@@ -12,9 +12,10 @@ ABSENT sensor is not touched, and NaN/+-Inf become 0 after standardisation. The
 arithmetic is float64 (NumPy promotion with Python-float statistics in the original)
 and the result is cast to the pipeline dtype.
 
-The JSON files are the spec's tables. Where the spec gives no sample count for a band
-(worldcover, srtm, era5_10, naip, naip_10) "count" and "var" are null; only mean/std are
-used. "var" is the original's accumulated sum of squared deviations (std**2 * count).
+The JSON files hold the original's norm_configs (computed.json, predefined.json). Where
+the sample count of a band is not known (worldcover, srtm, era5_10, naip, naip_10)
+"count" and "var" are null; only mean/std are used. "var" is the original's accumulated
+sum of squared deviations (std**2 * count), not a variance.
 """
 
 from __future__ import annotations
@@ -42,6 +43,27 @@ def load_stats(name: str) -> dict:
     return json.loads(text)
 
 
+def std_bounds(mean, std, num_std: float = STD_MULTIPLIER) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) = (mean - num_std * std, mean + num_std * std), float64, per band.
+
+    With num_std = 2 these are the bounds of the COMPUTED strategy; evaluation's
+    dataset-statistics methods ("norm_no_clip_2_std"...) use the same bounds with the
+    benchmark's own statistics.
+    """
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    return mean - num_std * std, mean + num_std * std
+
+
+def scale_to_unit(x, lo, hi) -> np.ndarray:
+    """y = (x - lo) / (hi - lo) in float64 (per band, broadcast along the last axis).
+
+    The one normalisation formula of both strategies (and of evaluation's bounds-based
+    dataset normalisation): [lo, hi] -> [0, 1], no clipping.
+    """
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    return (np.asarray(x, np.float64) - lo) / (hi - lo)
+
+
 @functools.cache
 def band_range(label: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(lo, hi, strategy) per band in the sensor's band order: y = (x - lo) / (hi - lo)."""
@@ -64,13 +86,14 @@ def band_range(label: str) -> tuple[np.ndarray, np.ndarray, str]:
                 f"(has {list(entry)})")
         st = entry[band]
         if strategy == "computed":
-            mean, std = float(st["mean"]), float(st["std"])
-            lo.append(mean - STD_MULTIPLIER * std)
-            hi.append(mean + STD_MULTIPLIER * std)
+            lo.append(float(st["mean"]))  # turned into bounds below
+            hi.append(float(st["std"]))
         else:
             lo.append(float(st["min"]))
             hi.append(float(st["max"]))
     lo_a, hi_a = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    if strategy == "computed":
+        lo_a, hi_a = std_bounds(lo_a, hi_a)
     if np.any(hi_a <= lo_a):
         raise ValueError(f"{strategy}.json: sensor {label!r} has a band with max <= min")
     lo_a.setflags(write=False)
@@ -96,14 +119,15 @@ def normalize_array(label: str, x: np.ndarray, dtype=np.float32) -> np.ndarray:
     if absent.all():  # a fully missing sensor is left untouched
         return x.astype(dtype, copy=False)
     lo, hi, _ = band_range(label)
-    y = (x.astype(np.float64) - lo) / (hi - lo)
+    y = scale_to_unit(x, lo, hi)
     if absent.any():
         y[absent] = MISSING_VALUE
     return _finite(y).astype(dtype)
 
 
 def clean_array(x: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """Step 7 for every array: cast and NaN/+-Inf -> 0 (ABSENT kept)."""
+    """Cast and replace NaN/+-Inf by 0 (missing values -99999 kept): what the original
+    does to every array, normalised or not."""
     return _finite(np.asarray(x)).astype(dtype, copy=False)
 
 

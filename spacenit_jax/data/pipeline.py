@@ -8,7 +8,8 @@ Determinism, with no state but the batch index:
 - batch b draws (patch_size, hw_p) from a counter-based hash (splitmix64) of
   (seed, b): patch size uniform over `patch_sizes`, then hw_p uniform over the crop
   sizes that fit the stored tile at that patch size (crop.allowed_hw). Every host
-  computes the same draw (the original draws per rank: quirk 7);
+  computes the same draw (the original draws per rank and per local batch, so ranks
+  may use different patch sizes in one step);
 - the global batch b holds B(hw) = k(hw) * R * num_processes consecutive positions of an
   endless record stream starting at offset(b) = sum of B over earlier batches
   (prefix sums cached in chunks, vectorised);
@@ -26,7 +27,12 @@ data, and Grain's iterator state (the next batch index) restores exactly.
 Bad samples: "raise" (default) stops with the file and reason; "skip" replaces the
 unreadable item by the next items of the same epoch permutation (perm_e[(p + j) % N],
 j = 1, 2, ...; that item then appears twice in the epoch), keeping the record's own RNG,
-and counts it in metrics["skipped"].
+and counts it in metrics["skipped"]. A sample is bad when it cannot be read or when a
+stored value lies outside its sensor's plausible range (`value_ranges`: a corrupt
+compressed chunk decodes without error into garbage). The start-up probe of the tile
+size follows the same policy (the first readable item is used). A pixel dtype that
+cannot hold the data (float16 and raw values above 65504) is refused by make_pipeline,
+and a value that still overflows it raises, whatever the policy.
 """
 
 from __future__ import annotations
@@ -41,8 +47,18 @@ from typing import Any
 import numpy as np
 
 from spacenit_jax import sensors
-from spacenit_jax.data import augment, crop, masking, normalize, packing
-from spacenit_jax.data.h5 import H5FormatError, H5Source, Sample, full_window
+from spacenit_jax.data import (
+    augment,
+    budget,
+    crop,
+    masking,
+    normalize,
+    packing,
+    tokenize,
+    value_ranges,
+)
+from spacenit_jax.data.h5 import H5FormatError, H5Source, Sample
+from spacenit_jax.data.plan import STREAM_COSTS, PackingPlan, align_up
 from spacenit_jax.tokenization import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -66,11 +82,11 @@ class PipelineConfig:
     token_budget: int = 2250
     patch_sizes: tuple[int, ...] = tuple(range(1, 9))
     hw_p_list: tuple[int, ...] = tuple(range(1, 13))
-    rows: int = 8  # R: rows per host batch
+    rows: int = 16  # R: rows per host batch (divisible by 1, 2, 4, 8 or 16 local devices)
     row_length: int | None = None  # L_t; None: smallest multiple of `align` >= max n(hw)
     online_length: int | None = None  # L_o; None: chosen by the plan
     decoder_length: int | None = None  # L_d; None: chosen by the plan
-    stream_costs: tuple[float, float, float] = packing.STREAM_COSTS
+    stream_costs: tuple[float, float, float] = STREAM_COSTS
     align: int = 8
     num_views: int = 2
     masking: Any = dataclasses.field(default_factory=lambda: dict(OFFICIAL_MASKING))
@@ -84,6 +100,11 @@ class PipelineConfig:
     prefetch: int = 2
     bad_sample_policy: str = "raise"
     max_skip_tries: int = 16
+    # Stored values outside their sensor's plausible range (value_ranges.PLAUSIBLE_RANGES)
+    # make a sample bad (likely corruption); value_ranges overrides them per sensor:
+    # {label: [lo, hi] | {"lo", "hi", "nodata"} | None (not checked)}.
+    check_value_ranges: bool = True
+    value_ranges: Any = dataclasses.field(default_factory=dict)
     dtype: str = "float32"  # pixel buffers: float32 | bfloat16 | float16
     num_batches: int | None = None  # None: endless
     process_index: int | None = None  # None: jax.process_index()
@@ -111,6 +132,7 @@ class PipelineConfig:
             object.__setattr__(self, "masking", _plain(self.masking))
         if isinstance(self.augmentation, Mapping):
             object.__setattr__(self, "augmentation", _plain(self.augmentation))
+        object.__setattr__(self, "value_ranges", _plain(self.value_ranges or {}))
 
     @classmethod
     def from_config_dict(cls, cd) -> PipelineConfig:
@@ -236,16 +258,17 @@ class BatchBuilder:
     """Global batch index -> this host's element (see module docstring)."""
 
     def __init__(self, cfg: PipelineConfig, layout: TokenLayout, source: H5Source,
-                 plan: packing.PackingPlan, schedule: BatchSchedule, process_index: int,
-                 process_count: int):
+                 plan: PackingPlan, strategy: masking.Strategy, schedule: BatchSchedule,
+                 process_index: int, process_count: int, ranges: value_ranges.Resolved):
         self.cfg = cfg
         self.layout = layout
         self.source = source
         self.plan = plan
+        self.strategy = strategy  # the one the plan's stream lengths were sized for
         self.schedule = schedule
         self.process_index = process_index
         self.process_count = process_count
-        self.strategy = masking.build_masking(cfg.masking)
+        self.ranges = ranges  # plausible values per checked sensor ({}: no check)
         self.transform = augment.build_transform(cfg.augmentation)
         self.pixel_dtype = pixel_dtype(cfg.dtype)
         self._perm: tuple[int, np.ndarray] | None = None
@@ -283,19 +306,21 @@ class BatchBuilder:
             try:
                 s = self.source.read(item, lambda h, rng=rng: crop.choose_window(
                     h, hw, patch_size, t_out, rng, self.cfg.patchwise_crop))
-            except (OSError, H5FormatError) as e:
+                value_ranges.check_sample(s.arrays, self.ranges, s.path)
+            except (OSError, H5FormatError, value_ranges.ImplausibleValueError) as e:
                 if self.cfg.bad_sample_policy == "raise":
                     raise BadSampleError(
                         f"record position {position} (dataset item {item}, file "
                         f"{self.source.file_path(item)}): {e}") from e
-                errors.append(f"{self.source.file_path(item)}: {e}")
-                log.warning("skipping unreadable sample (record position %d): %s", position,
+                path = self.source.file_path(item)
+                errors.append(str(e) if path in str(e) else f"{path}: {e}")
+                log.warning("skipping bad sample (record position %d): %s", position,
                             errors[-1])
                 continue
             s.arrays = normalize.normalize_sample(s.arrays, self.source.dtype, self.cfg.normalize)
             return s, j
         raise BadSampleError(
-            f"record position {position}: {len(errors)} consecutive unreadable samples "
+            f"record position {position}: {len(errors)} consecutive bad samples "
             f"(bad_sample_policy='skip', max_skip_tries={self.cfg.max_skip_tries}):\n"
             + "\n".join(errors))
 
@@ -315,8 +340,8 @@ class BatchBuilder:
             for s, a, rng in zip(samples, arrays, rngs, strict=True):
                 masks = masking.mask_sample(self.layout, a, patch_size, self.strategy, rng, b)
                 months = np.clip(s.timestamps[:, 1], 0, 11)
-                prepared.append(packing.prepare_sample(self.layout, a, patch_size, months, masks,
-                                                       self.pixel_dtype))
+                prepared.append(tokenize.prepare_sample(self.layout, a, patch_size, months,
+                                                        masks, self.pixel_dtype, s.path))
             view, st = packing.pack_view(self.plan, self.layout, prepared, hw, self.pixel_dtype)
             name = "view_a" if v == 0 else "view_b"
             out[name] = view
@@ -349,30 +374,44 @@ def _process(cfg: PipelineConfig) -> tuple[int, int]:
     return i, n
 
 
-def stored_tile_size(source: H5Source) -> int:
-    """Base-grid tile edge of the data (from the first item's arrays)."""
-    import h5py
+def stored_tile_size(source: H5Source, bad_sample_policy: str = "raise",
+                     max_skip_tries: int = 16) -> int:
+    """Base-grid tile edge of the data, from the header of the first readable item.
 
-    path = source.file_path(0)
-    try:
-        with h5py.File(path, "r") as f:
-            h = source.read_header(f, path)
-    except OSError as e:
-        raise OSError(f"cannot open H5 sample file {path}: {e}") from None
-    if h.height != h.width:
-        raise H5FormatError(f"{path}: samples must be square, got {h.height}x{h.width}")
-    if source.info.tile_size is not None and source.info.tile_size != h.height:
-        raise H5FormatError(
-            f"{path}: the directory name says tile size {source.info.tile_size}, the sample "
-            f"is {h.height} pixels")
-    return h.height
+    Under bad_sample_policy "skip" unreadable items are passed over, as a batch would
+    (up to max_skip_tries of them); "raise", or no readable item, raises BadSampleError
+    naming each file and its error.
+    """
+    tries = 1 + (max_skip_tries if bad_sample_policy == "skip" else 0)
+    errors = []
+    for i in range(min(tries, len(source))):
+        try:
+            h = source.header(i)
+        except (OSError, H5FormatError) as e:
+            if bad_sample_policy == "raise":
+                raise BadSampleError(f"probing the tile size of {source.path} (dataset item "
+                                     f"{i}): {e}") from e
+            errors.append(str(e))
+            log.warning("skipping unreadable sample while probing the tile size: %s", e)
+            continue
+        if h.height != h.width:
+            raise H5FormatError(f"{h.path}: samples must be square, got {h.height}x{h.width}")
+        if source.info.tile_size is not None and source.info.tile_size != h.height:
+            raise H5FormatError(
+                f"{h.path}: the directory name says tile size {source.info.tile_size}, the "
+                f"sample is {h.height} pixels")
+        return h.height
+    raise BadSampleError(
+        f"probing the tile size of {source.path}: the first {len(errors)} dataset items are "
+        f"all unreadable (bad_sample_policy='skip', max_skip_tries={max_skip_tries}):\n"
+        + "\n".join(errors))
 
 
 @dataclasses.dataclass
 class Pipeline:
     config: PipelineConfig
     layout: TokenLayout
-    plan: packing.PackingPlan
+    plan: PackingPlan
     builder: BatchBuilder
     allowed: dict[int, tuple[int, ...]]  # patch size -> crop sizes drawn with it
     dataset: Any  # grain.IterDataset
@@ -393,8 +432,11 @@ class Pipeline:
 
 
 def _ensure_flags_parsed() -> None:
-    """Grain's worker processes read absl flags; outside absl.app.run they are unparsed
-    (UnparsedFlagAccessError, see spec/environment-notes.md): mark them parsed."""
+    """Grain 0.2.18's mp_prefetch reads an absl flag when it starts its workers
+    (grain_enable_multiprocess_worker_profiling, in grain/_src/core/profiler.py); outside
+    absl.app.run (library use, notebooks, tests) the flags are unparsed and that read
+    raises UnparsedFlagAccessError. The launchers parse flags through absl; for everyone
+    else, mark them parsed (their defaults)."""
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
@@ -410,11 +452,14 @@ def hw_distribution(allowed: Mapping[int, Sequence[int]]) -> dict[int, float]:
     return w
 
 
-def make_plan(cfg: PipelineConfig, layout: TokenLayout, tile_size: int
-              ) -> tuple[packing.PackingPlan, dict[int, tuple[int, ...]]]:
-    """The run's row geometry and the crop sizes drawn with each patch size, from the
-    config and the stored tile edge alone (no data is read: the same plan can be built
-    ahead of time, e.g. by launch.aot_compile)."""
+def make_plan(cfg: PipelineConfig, layout: TokenLayout, tile_size: int):
+    """The run's row geometry, its masking strategy and the crop sizes drawn with each
+    patch size, from the config and the stored tile edge alone (no data is read: the
+    same plan is built ahead of time by launch.aot_compile).
+
+    Returns (PackingPlan, masking strategy, {patch size: allowed crop sizes in patches}).
+    Raises ValueError when no crop size fits a patch size's token budget.
+    """
     allowed = {}
     for p in cfg.patch_sizes:
         hws = crop.allowed_hw(cfg.hw_p_list, p, tile_size, layout, cfg.token_budget)
@@ -428,13 +473,13 @@ def make_plan(cfg: PipelineConfig, layout: TokenLayout, tile_size: int
     all_hw = sorted({h for v in allowed.values() for h in v})
     row_length = cfg.row_length
     if row_length is None:
-        row_length = packing.align_up(max(crop.token_count(layout, h, cfg.token_budget)
-                                          for h in all_hw), cfg.align)
-    plan = packing.PackingPlan.build(
+        row_length = align_up(max(budget.token_count(layout, h, cfg.token_budget)
+                                  for h in all_hw), cfg.align)
+    plan = PackingPlan.build(
         layout, cfg.token_budget, all_hw, cfg.rows, row_length, strategy,
         hw_distribution(allowed), cfg.stream_costs, cfg.align, cfg.online_length,
         cfg.decoder_length)
-    return plan, allowed
+    return plan, strategy, allowed
 
 
 def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0) -> Pipeline:
@@ -450,14 +495,21 @@ def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0
     if tuple(labels) != tuple(layout.sensor_labels):
         raise ValueError(f"data sensor_labels {list(labels)} differ from the model layout's "
                          f"{list(layout.sensor_labels)}")
+    ranges = value_ranges.resolve_ranges(layout.sensor_labels, cfg.value_ranges)
+    why = value_ranges.dtype_range_error(layout.sensor_labels, ranges, cfg.normalize,
+                                         pixel_dtype(cfg.dtype))
+    if why:
+        raise ValueError(why)
     path = pathlib.Path(cfg.path)
     source = H5Source(path, layout.sensor_labels, "float32", cfg.filter_idx_file,
                       cfg.dataset_percentage, cfg.seed)
-    plan, allowed = make_plan(cfg, layout, stored_tile_size(source))
+    tile = stored_tile_size(source, cfg.bad_sample_policy, cfg.max_skip_tries)
+    plan, strategy, allowed = make_plan(cfg, layout, tile)
     all_hw = sorted({h for v in allowed.values() for h in v})
     pi, pn = _process(cfg)
     schedule = BatchSchedule(cfg.seed, allowed, {h: plan.samples_per_batch(h) * pn for h in all_hw})
-    builder = BatchBuilder(cfg, layout, source, plan, schedule, pi, pn)
+    builder = BatchBuilder(cfg, layout, source, plan, strategy, schedule, pi, pn,
+                           ranges if cfg.check_value_ranges else {})
     n = INFINITE_BATCHES if cfg.num_batches is None else int(cfg.num_batches)
     if not 0 <= start_batch < n:
         raise ValueError(f"start_batch {start_batch} not in [0, {n})")
@@ -466,11 +518,8 @@ def make_pipeline(cfg: PipelineConfig, layout: TokenLayout, start_batch: int = 0
                                                prefetch_buffer_size=cfg.prefetch))
     if cfg.num_workers > 0:
         _ensure_flags_parsed()
-        ids = ids.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+        from spacenit_jax.data.shared_memory import ReleasingIterDataset
+
+        ids = ReleasingIterDataset(ids.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size)))
     return Pipeline(cfg, layout, plan, builder, allowed, ids)
-
-
-def read_full_sample(source: H5Source, i: int) -> Sample:
-    """Item i without crop (timesteps padded to >= 12), not normalised."""
-    return source.read(i, full_window)

@@ -27,7 +27,6 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,6 +36,9 @@ from spacenit_jax.data.normalize import load_stats
 from spacenit_jax.sensors import SensorKind
 
 SETTINGS_JSON = "synthetic_settings.json"
+# Bumped when the generated content changes; a dataset written by an older generator is
+# regenerated in place (2: SRTM elevations clipped to value_ranges' plausible range).
+GENERATOR_VERSION = 2
 WORLDCOVER_CLASSES = np.array([10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100], np.uint8)
 BLOCK = 4  # content cell size in base pixels
 CDL_CLASSES = np.array([1, 5, 24, 36, 37, 61, 111, 121, 141, 176, 190, 195], np.uint8)
@@ -172,7 +174,8 @@ def _space(label: str, field: np.ndarray, rng: np.random.Generator, m: int) -> n
         return np.where(field[..., None] > thr, 100, 0).astype(np.uint8)[:, :, None]
     if label == "srtm":
         base = rng.uniform(0, 2500)
-        return (base + 250 * field).astype(np.int16)[..., None, None]
+        # within value_ranges' plausible elevations (the lowest land is ~-430 m)
+        return np.clip(base + 250 * field, -400, 8800).astype(np.int16)[..., None, None]
     if label == "openstreetmap_raster":
         out = np.zeros((size, size, 1, c), np.uint8)
         for k in rng.choice(c, 4, replace=False):  # a few classes present per sample
@@ -246,29 +249,38 @@ def _write_range(spec: SyntheticSpec, directory: str, start: int, stop: int):
     return start, present, latlons
 
 
-def _complete(path: pathlib.Path, spec: SyntheticSpec) -> bool:
+def _existing(path: pathlib.Path, spec: SyntheticSpec) -> str:
+    """"current" (complete, these settings), "stale" (these settings, an older generator)
+    or "" (not written by make_dataset with these settings)."""
     try:
         with open(path / SETTINGS_JSON) as fh:
-            if json.load(fh) != spec.to_json():
-                return False
+            written = json.load(fh)
     except (OSError, ValueError):
-        return False
-    return all((path / f).is_file() for f in (h5.METADATA_CSV, h5.LATLON_NPY, h5.COMPRESSION_JSON))
+        return ""
+    version = written.pop("generator_version", 1) if isinstance(written, dict) else None
+    if written != spec.to_json():
+        return ""
+    if version != GENERATOR_VERSION:
+        return "stale"
+    side = (h5.METADATA_CSV, h5.LATLON_NPY, h5.COMPRESSION_JSON)
+    return "current" if all((path / f).is_file() for f in side) else ""
 
 
 def make_dataset(root, spec: SyntheticSpec, workers: int | None = None,
                  overwrite: bool = False) -> pathlib.Path:
     """Write the dataset under `root`; returns the `<num_samples>` directory.
 
-    An existing complete dataset with identical settings is reused unless `overwrite`.
-    Files are written into a temporary sibling and renamed into place at the end, so a
-    crashed run never leaves a directory that looks complete.
+    An existing complete dataset with identical settings is reused unless `overwrite`; one
+    written by an older version of this generator is regenerated. Files are written into
+    a temporary sibling and renamed into place at the end, so a crashed run never leaves
+    a directory that looks complete.
     """
     final = spec.directory(root)
     if final.exists():
-        if _complete(final, spec) and not overwrite:
+        state = _existing(final, spec)
+        if state == "current" and not overwrite:
             return final
-        if not overwrite:
+        if state != "stale" and not overwrite:
             raise FileExistsError(
                 f"{final} exists but was not written by make_dataset with these settings; "
                 "pass overwrite=True (--overwrite) to replace it")
@@ -294,7 +306,7 @@ def make_dataset(root, spec: SyntheticSpec, workers: int | None = None,
                 _collect((f.result() for f in futs), present, latlons)
         h5.write_metadata(tmp, spec.sensor_labels, present, latlons, spec.settings)
         with open(tmp / SETTINGS_JSON, "w") as fh:
-            json.dump(spec.to_json(), fh)
+            json.dump({**spec.to_json(), "generator_version": GENERATOR_VERSION}, fh)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -307,11 +319,3 @@ def _collect(results, present, latlons):
         for j, (p, ll) in enumerate(zip(pres, lls, strict=True)):
             present[start + j] = p
             latlons[start + j] = ll
-
-
-def make_default_dataset(root, num_samples: int = 2048, sensor_labels: Sequence[str] =
-                         sensors.OFFICIAL_SENSORS, seed: int = 0, tile_size: int = 64,
-                         workers: int | None = None) -> pathlib.Path:
-    """The pretraining default: zstd-3, 64x64 tiles, the official sensors."""
-    return make_dataset(root, SyntheticSpec(num_samples, tuple(sensor_labels), seed, tile_size),
-                        workers=workers)

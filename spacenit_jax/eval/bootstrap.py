@@ -3,8 +3,9 @@
 Predictions are computed once on the full test set; each resample draws n_test indices with
 replacement from numpy's PCG64(seed) generator and recomputes the metric on them. Reported:
 mean, population std (ddof=0), 2.5th and 97.5th percentiles, and every resampled score. The
-metric is a function of an index array, so one routine serves accuracy, micro-F1 and
-segmentation mIoU (summing per-sample confusion matrices).
+metric is a function of an index array, so one routine serves accuracy, micro-F1,
+segmentation mIoU (summing per-sample confusion matrices) and regression RMSE (summing
+per-sample squared errors and counts).
 """
 
 from __future__ import annotations
@@ -79,3 +80,22 @@ def bootstrap_miou(per_sample_confusion, n_bootstrap: int,
         raise ValueError(f"bootstrap_miou needs (N, C, C) confusion matrices, got {cms.shape}")
     return bootstrap_metric(lambda idx: float(segmentation_scores(cms[idx].sum(0))["miou"]),
                             cms.shape[0], n_bootstrap, seed)
+
+
+def bootstrap_rmse(predictions, targets, n_bootstrap: int,
+                   seed: int = DEFAULT_SEED) -> BootstrapResult:
+    """Regression RMSE resampled over test samples (any shape with samples first; NaN
+    targets do not count)."""
+    p, y = np.asarray(predictions, np.float64), np.asarray(targets, np.float64)
+    if p.shape != y.shape or p.ndim < 1:
+        raise ValueError(f"bootstrap_rmse needs predictions and targets of one shape, got "
+                         f"{p.shape} and {y.shape}")
+    valid = np.isfinite(y)
+    sq = np.where(valid, p - np.where(valid, y, 0.0), 0.0) ** 2
+    per_item = np.stack([sq.reshape(len(y), -1).sum(1), valid.reshape(len(y), -1).sum(1)], 1)
+
+    def rmse(idx):
+        sse, count = per_item[idx].sum(0)
+        return float(np.sqrt(sse / max(count, 1.0)))
+
+    return bootstrap_metric(rmse, y.shape[0], n_bootstrap, seed)

@@ -1,4 +1,4 @@
-"""Features of a (pretrained) model for kNN, linear probes and fine-tuning (spec §9.1).
+"""Features of a (pretrained) model for kNN, linear probes and fine-tuning.
 
 What is extracted, by `FeatureConfig`:
 
@@ -15,7 +15,8 @@ What is extracted, by `FeatureConfig`:
   patch position (B, Hp*Wp, D), the mean over that position's groups, timesteps and sensors:
   the input of the segmentation probe). Sensor-type tokens are never pooled, whatever the
   preset (the reference's eval adapter excludes them), and neither are ABSENT tokens.
-- ABSENT tokens (every underlying pixel = -99999, spec §6.5) are found on the device from the
+- ABSENT tokens (every underlying pixel = -99999, the missing-data fill; a patch with any
+  real pixel is present) are found on the device from the
   images and marked ABSENT in the view's visibility mask, so the encoder does not see them;
   a sensor whose tokens are all ABSENT also loses its type token.
 - patch_size (default 4, the task default), months (off by default: the reference's eval
@@ -29,7 +30,10 @@ module-level `jax.jit` with the model's graph definition as a static argument, s
 is compiled per (model structure, input shape, options) and reused by every extractor, every
 split and every in-loop evaluation of a run. The last batch is padded to the batch size by
 repeating its last sample and the padding is dropped, so a split needs one shape only.
-`tracing.trace_count("extract")` counts its traces.
+`tracing.trace_count("extract")` counts its traces. `extract` shows a progress bar
+(batches/s, ETA; advanced as batches finish on the device, without waiting for them) and
+checks the features it returns: a non-finite row raises validation.EvalInputError naming the
+split and the sample indices (and which of them had non-finite pixels).
 
 Single process only: with several JAX processes the outputs are gathered with
 `multihost_utils.process_allgather`, but every process must feed the same batches.
@@ -49,6 +53,8 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from spacenit_jax import sensors, tracing
+from spacenit_jax.eval import progress as progress_lib
+from spacenit_jax.eval import validation
 from spacenit_jax.model import heads, models
 from spacenit_jax.model.config import ModelConfig
 from spacenit_jax.tokenization import SensorGrid, sample_tokens
@@ -277,43 +283,55 @@ def _extract_batch(graphdef, state, images, months, opts: EncodeOptions):
 
 @dataclasses.dataclass
 class ArraySplit:
-    """A split held in memory: images (N, H, W, T, C) of one sensor, labels, months (N, T)."""
+    """A split held in memory: images (N, H, W, T, C) of one sensor, labels, months (N, T),
+    `extra` {sensor: (N, H', W', T, C')} images of further sensors on the same timeline, and
+    the split's name for messages ("train", "valid", ...; "" when unknown)."""
 
     images: np.ndarray
     labels: np.ndarray
     sensor: str
     months: np.ndarray | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
+    name: str = ""
 
     def __post_init__(self):
         if self.images.ndim != 5 or self.images.shape[0] != self.labels.shape[0]:
             raise ValueError(f"ArraySplit: images must be (N, H, W, T, C) with one label per "
                              f"image, got {self.images.shape} and labels {self.labels.shape}")
+        for sensor, images in self.extra.items():
+            if images.ndim != 5 or images.shape[0] != self.images.shape[0]:
+                raise ValueError(f"ArraySplit: {sensor} images must be (N, H, W, T, C) with "
+                                 f"N={self.images.shape[0]}, got {images.shape}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @classmethod
     def from_dataset(cls, dataset) -> ArraySplit:
-        """Load a dataset of EvalSamples (GeoBench, synthetic) into memory."""
-        images, labels, months, sensor = _stack(dataset, 0, len(dataset))
-        return cls(images, labels, sensor, months)
+        """Load a dataset of EvalSamples (GeoBench, GEO-Bench-2, synthetic) into memory."""
+        images, labels, months, sensor, extra = _stack(dataset, 0, len(dataset))
+        return cls(images, labels, sensor, months, extra,
+                   str(getattr(dataset, "split", "") or ""))
 
 
 def _stack(data, start: int, stop: int):
-    """(images, labels, months, sensor) of data[start:stop] for a dataset or ArraySplit."""
+    """(images, labels, months, sensor, extra) of data[start:stop] (dataset or ArraySplit)."""
     if isinstance(data, ArraySplit):
         months = None if data.months is None else data.months[start:stop]
-        return data.images[start:stop], data.labels[start:stop], months, data.sensor
+        extra = {k: v[start:stop] for k, v in data.extra.items()}
+        return data.images[start:stop], data.labels[start:stop], months, data.sensor, extra
     if stop <= start:
         raise ValueError("empty dataset")
     items = [data[i] for i in range(start, stop)]
     sensor = items[0].sensor
-    if any(s.sensor != sensor for s in items):
-        raise ValueError(f"samples {start}..{stop - 1} mix sensors; one sensor per split")
+    extras = tuple(getattr(items[0], "extra", {}))
+    if any(s.sensor != sensor or tuple(getattr(s, "extra", {})) != extras for s in items):
+        raise ValueError(f"samples {start}..{stop - 1} mix sensors; one sensor set per split")
     images = np.stack([s.image for s in items]).astype(np.float32)
     labels = np.stack([np.asarray(s.label) for s in items])
     months = np.stack([np.asarray(s.timestamps)[:, 1] for s in items]).astype(np.int32)
-    return images, labels, months, sensor
+    extra = {k: np.stack([s.extra[k] for s in items]).astype(np.float32) for k in extras}
+    return images, labels, months, sensor, extra
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
@@ -408,32 +426,55 @@ class FeatureExtractor:
         spec = PartitionSpec(self.mesh.axis_names, *([None] * (x.ndim - 1)))
         return jax.device_put(x, NamedSharding(self.mesh, spec))
 
-    def embed_batch(self, images: np.ndarray, sensor: str, months=None) -> jax.Array:
-        """Features of one batch (B, H, W, T, C) of `sensor` images (B = any; not padded)."""
+    def embed_batch(self, images: np.ndarray, sensor: str, months=None, extra=None
+                    ) -> jax.Array:
+        """Features of one batch (B, H, W, T, C) of `sensor` images, with `extra`
+        {sensor: (B, H', W', T, C')} images of further sensors (B = any; not padded)."""
         months = months if self.config.use_months else None
-        return _extract_batch(self.graphdef, self.state, {sensor: self._put(images)},
+        batch = {sensor: self._put(images), **{k: self._put(v) for k, v in (extra or {}).items()}}
+        return _extract_batch(self.graphdef, self.state, batch,
                               None if months is None else self._put(np.asarray(months)),
                               self.opts)
 
-    def extract(self, data) -> Features:
+    def extract(self, data, *, split: str | None = None, progress: bool | None = None
+                ) -> Features:
         """Features and labels of a whole split: a dataset of EvalSamples or an ArraySplit.
 
+        split: the split's name in messages and on the progress bar (default: the data's
+        `split` or `name` attribute, else "eval"). progress: a tqdm bar on stderr with
+        batches/s and ETA (None: when stderr is a terminal, see `progress.bar`).
+
         Host loading of the next batch overlaps the device work of the previous one (async
-        dispatch); everything is fetched to the host at the end.
+        dispatch); everything is fetched to the host at the end. Then the features are
+        checked: a non-finite row raises validation.EvalInputError naming the split and the
+        sample indices, and whether their images had non-finite pixels.
         """
         n = len(data)
+        split = split or getattr(data, "split", None) or getattr(data, "name", None) or "eval"
         if n == 0:
-            raise ValueError("cannot extract features of an empty split")
+            raise validation.EvalInputError(f"{split} split: no samples (empty split)")
         bs = self.config.batch_size
-        outs, labels = [], []
-        for start in range(0, n, bs):
-            images, y, months, sensor = _stack(data, start, min(start + bs, n))
-            real = images.shape[0]
-            images = _pad(images, bs)
-            months = None if months is None else _pad(months, bs)
-            outs.append((self.embed_batch(images, sensor, months), real))
-            labels.append(y)
-        feats = np.concatenate([_to_host(o)[:real] for o, real in outs])
+        outs, labels, bad_inputs = [], [], []
+        with progress_lib.bar(-(-n // bs), f"features {split}", unit="batch",
+                              enabled=progress) as bar:
+            tracker = progress_lib.DeviceProgress(bar)
+            for start in range(0, n, bs):
+                images, y, months, sensor, extra = _stack(data, start, min(start + bs, n))
+                real = images.shape[0]
+                finite = np.isfinite(images).reshape(real, -1).all(axis=1)
+                for more in extra.values():
+                    finite &= np.isfinite(more).reshape(real, -1).all(axis=1)
+                bad_inputs.extend(start + np.flatnonzero(~finite))
+                images = _pad(images, bs)
+                months = None if months is None else _pad(months, bs)
+                extra = {k: _pad(v, bs) for k, v in extra.items()}
+                out = self.embed_batch(images, sensor, months, extra)
+                tracker.dispatched(out)
+                outs.append((out, real))
+                labels.append(y)
+            feats = np.concatenate([_to_host(o)[:real] for o, real in outs])
+            tracker.finish()
+        validation.check_extracted(feats, split=split, bad_inputs=bad_inputs)
         return Features(feats, np.concatenate(labels))
 
 

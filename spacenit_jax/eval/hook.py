@@ -1,6 +1,11 @@
-"""In-loop evaluation during pretraining (spec §10, DownstreamEvalHook).
+"""In-loop evaluation during pretraining (the original's DownstreamEvalHook), as a hook of
+the training loop:
 
-Interface for the training loop:
+    from spacenit_jax.eval import hook
+    trainer = loop.Trainer.create(config, workdir)
+    hook.attach(trainer)   # the tasks of config.eval, each at its own interval
+
+or by hand:
 
     from spacenit_jax.eval.hook import InLoopEvaluator, load_tasks
 
@@ -33,11 +38,15 @@ Interface for the training loop:
 - `from_config(eval_config, model_cfg)`: eval_config.tasks lists config specs
   ("configs/eval/m_eurosat.py", "synthetic:small", see `tasks.resolve_config_path`) or task
   dicts; eval_config.every > 0 sets every task's interval; optional fields run_on_test
-  (bool) and overrides (["field=value", ...] applied to every task). With model_cfg, a task
-  whose sensor the model does not have is an error at construction.
+  (bool) and overrides ({"knn": {"k": 10}, ...}: typed values set in every task). With
+  model_cfg, a task whose sensors the model does not have is an error at construction.
 - A dataset that is not there (FileNotFoundError: $GEOBENCH_DIR unset or wrong, missing
   files) is reported once with logging.warning and the task is skipped for the rest of the
-  run (`skipped` lists them). Other errors propagate: they are bugs, not missing data.
+  run (`skipped` lists them). Invalid inputs (validation.EvalInputError: non-finite images
+  or features, labels outside the classes, ...; the message names the split and rows) are
+  reported with logging.error and skip the task likewise, so a bad benchmark sample or a
+  diverged model does not stop pretraining (its own non-finite checks do that) and no score
+  is computed from them. Other errors propagate: they are bugs, not missing data.
 
 Cost: a task's splits are read once and kept in memory; features go through one compiled
 program per input shape that is reused at every evaluation (the parameters are an argument,
@@ -49,20 +58,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from spacenit_jax.eval import features as feat
 from spacenit_jax.eval import tasks as tasks_lib
+from spacenit_jax.eval.validation import EvalInputError
 
 log = logging.getLogger(__name__)
 
 IN_LOOP_MODES = ("knn", "linear_probe")
 
 
-def load_tasks(specs: Sequence[str], overrides: Sequence[str] = ()) -> list:
+def load_tasks(specs: Sequence[str], overrides: Mapping | None = None) -> list:
     """Task configs from config-file specs ("path.py" or "path.py:arg"), with overrides
-    ("field=value") applied to every task."""
-    return [tasks_lib.apply_overrides(tasks_lib.load_config_file(s), overrides) for s in specs]
+    ({"field.path": value}, typed) set in every task."""
+    return [tasks_lib.override(tasks_lib.load_config_file(s), overrides or {}) for s in specs]
 
 
 class InLoopEvaluator:
@@ -86,22 +96,23 @@ class InLoopEvaluator:
     def from_config(cls, eval_config, model_cfg=None, *, mesh=None, devices=None
                     ) -> InLoopEvaluator:
         """An evaluator from a run config's `eval` section (see module docstring)."""
-        overrides = list(eval_config.get("overrides", None) or ())
+        overrides = dict(eval_config.get("overrides", None) or {})
         tasks = []
         for item in eval_config.tasks:
             if isinstance(item, str):
-                task = tasks_lib.apply_overrides(tasks_lib.load_config_file(item), overrides)
+                task = tasks_lib.override(tasks_lib.load_config_file(item), overrides)
             else:
-                task = tasks_lib.apply_overrides(tasks_lib.as_task_config(item), overrides)
+                task = tasks_lib.override(tasks_lib.as_task_config(item), overrides)
             every = int(eval_config.get("every", 0) or 0)
             if every > 0:
                 task.every_n_steps = every
             tasks.append(task)
         if model_cfg is not None:
             for task in tasks:
-                sensor = tasks_lib.task_sensor(task)
-                if sensor not in model_cfg.sensor_labels:
-                    raise ValueError(f"in-loop eval task {task.name!r} needs sensor {sensor!r}; "
+                needed = tasks_lib.task_sensors(task, model_cfg.sensor_labels)
+                lacking = [s for s in needed if s not in model_cfg.sensor_labels]
+                if lacking:
+                    raise ValueError(f"in-loop eval task {task.name!r} needs sensors {lacking}; "
                                      f"the model has {list(model_cfg.sensor_labels)}")
         return cls(tasks, run_on_test=bool(eval_config.get("run_on_test", False)), mesh=mesh,
                    devices=devices)
@@ -128,7 +139,13 @@ class InLoopEvaluator:
             data = self._load(task)
             if data is None:
                 continue
-            out.update(self._run(task, data, model))
+            try:
+                out.update(self._run(task, data, model))
+            except EvalInputError as err:
+                log.error("in-loop eval task %r skipped for the rest of the run: %s",
+                          task.name, err)
+                self.skipped.add(task.name)
+                continue
             out[f"eval_time/{task.name}"] = time.perf_counter() - start
             log.info("step %s: eval %s = %.4f (%.1f s)", step, task.name,
                      out.get(f"eval/{task.name}", float("nan")), out[f"eval_time/{task.name}"])
@@ -150,8 +167,10 @@ class InLoopEvaluator:
     def _run(self, task, data, model) -> dict[str, float]:
         extractor = feat.FeatureExtractor(model, feat.feature_config_from(task),
                                           devices=self.devices, mesh=self.mesh)
-        feats = {s: extractor.extract(split) for s, split in data.items()}
-        rows = tasks_lib.evaluate_features(task, task.mode, feats, splits=self.splits)
+        feats = {s: extractor.extract(split, split=s, progress=False)
+                 for s, split in data.items()}
+        rows = tasks_lib.evaluate_features(task, task.mode, feats, splits=self.splits,
+                                           progress=False)
         out = {}
         for row in rows:
             prefix = "eval" if row["split"] == "valid" else f"eval/{row['split']}"
@@ -159,3 +178,23 @@ class InLoopEvaluator:
             if row["primary"] and row["split"] == "valid":
                 out[f"eval/{task.name}"] = row["value"]
         return out
+
+
+def attach(trainer, eval_config=None) -> InLoopEvaluator | None:
+    """Add the evaluator of a run's `eval` section (default: trainer.config.eval) to a
+    Trainer as its "eval" hook; None (nothing added) when the section has no tasks.
+
+    The hook runs after every step but builds the model view and evaluates only at steps
+    where a task is due; its metrics go to the run's metrics.jsonl / W&B at that step.
+    """
+    eval_config = trainer.config.eval if eval_config is None else eval_config
+    if not eval_config.tasks:
+        return None
+    evaluator = InLoopEvaluator.from_config(eval_config, trainer.model_cfg, mesh=trainer.mesh)
+
+    def run(info):
+        return evaluator.maybe_evaluate(info.step, info.model()) if evaluator.due(info.step) \
+            else None
+
+    trainer.hooks.add("eval", 1, run)
+    return evaluator

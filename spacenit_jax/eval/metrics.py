@@ -8,7 +8,9 @@ call rather than a string of eagerly dispatched ops. Definitions follow the refe
 - confusion matrix over pixels whose label is not the ignore index (-1);
 - IoU_c = tp/(tp+fp+fn+1e-8), mIoU = mean over classes with union > 0;
 - overall accuracy = sum(tp)/(sum(all)+1e-8);
-- macro accuracy / macro F1 = mean over classes with ground truth > 0.
+- macro accuracy / macro F1 = mean over classes with ground truth > 0;
+- regression: RMSE = sqrt(mean squared error) and MAE over the target values (non-finite
+  ones would not count; the inputs are checked finite first), in the targets' own units.
 """
 
 from __future__ import annotations
@@ -137,3 +139,35 @@ def segmentation_summary(predictions, labels, num_classes: int) -> dict[str, flo
                           num_classes)
     out = {k: float(v) for k, v in segmentation_scores(cm).items() if k != "per_class_iou"}
     return {"primary": out["miou"], **out}
+
+
+@jax.jit
+def regression_counts(predictions, targets, weights=None) -> jnp.ndarray:
+    """[sum of squared errors, sum of absolute errors, count] over finite targets (float32).
+
+    predictions and targets have the same shape (any); NaN targets, and entries whose
+    optional `weights` (broadcastable to the leading axes) is 0, do not count.
+    """
+    p, y = jnp.asarray(predictions, jnp.float32), jnp.asarray(targets, jnp.float32)
+    if p.shape != y.shape:
+        raise ValueError(f"regression predictions {p.shape} and targets {y.shape} differ")
+    valid = jnp.isfinite(y)
+    if weights is not None:
+        w = jnp.asarray(weights) > 0
+        valid = valid & w.reshape(w.shape + (1,) * (y.ndim - w.ndim))
+    err = jnp.where(valid, p - jnp.where(valid, y, 0.0), 0.0)
+    return jnp.stack([jnp.sum(err * err), jnp.sum(jnp.abs(err)),
+                      jnp.sum(valid).astype(jnp.float32)])
+
+
+@jax.jit
+def rmse_from_counts(counts) -> jnp.ndarray:
+    return jnp.sqrt(counts[0] / jnp.maximum(counts[2], 1.0))
+
+
+def regression_summary(predictions, targets) -> dict[str, float]:
+    """Host scores of regression predictions: primary = RMSE (lower is better), MAE."""
+    c = np.asarray(regression_counts(predictions, targets), np.float64)
+    n = max(c[2], 1.0)
+    rmse = float(np.sqrt(c[0] / n))
+    return {"primary": rmse, "rmse": rmse, "mae": float(c[1] / n)}

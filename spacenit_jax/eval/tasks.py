@@ -1,57 +1,82 @@
-"""Evaluation tasks: the task config, its datasets, and running a mode (CLI and in-loop hook).
+"""Evaluation tasks: the task config, its datasets, and running a mode (CLI, suite, in-loop).
 
-A task config is an ml_collections ConfigDict (see `configs/eval/m_eurosat.py`, built on
-`base_config()`); its defaults are the reference's DownstreamTaskConfig (spec §9.8):
+A task config is an ml_collections ConfigDict (see `configs/eval/*.py`, built on
+`base_config()` or, for benchmark tasks, `benchmark_config()`); its defaults are the
+reference's DownstreamTaskConfig:
 
     name                  task name used in result rows and metric keys
-    dataset.kind          "geobench" (GeoBench v1 classification) | "synthetic" (built in)
-                          | "synthetic_segmentation" (built in, per-pixel labels)
-    dataset.*             geobench: name, root (None: $GEOBENCH_DIR), partition, norm
-                          ("pretrained" = the pretraining stats of the sensor, or a dataset
-                          NormMethod), fix_band_labels, train/valid/test_split;
+    dataset.kind          "geobench" (GeoBench v1, any task) | "geobench2" (GEO-Bench-2) |
+                          "synthetic" (built in) | "synthetic_segmentation" (built in)
+    dataset.*             geobench: name, root (None: $GEOBENCH_DIR), partition, norm ("auto",
+                          "pretrained" or a dataset NormMethod), sensor (None: the task's),
+                          ignore_nodata, center_crop, fix_band_labels, train/valid/test_split;
+                          geobench2: name, root (None: $GEOBENCH2_DIR), inputs (None: the
+                          task's), timesteps (None: the task's);
                           synthetic: num_classes, image_size, seed, noise, *_size;
                           synthetic_segmentation: the same plus block (tile side)
-    mode                  "knn" | "linear_probe" | "finetune" (segmentation: no knn, and
-                          pooling "spatial")
+    mode                  "knn" | "linear_probe" | "finetune" (dense tasks, i.e. segmentation
+                          and regression maps: no knn, pooling "spatial"; regression: no
+                          finetune)
     patch_size, representation, pooling, use_months, gsd, embedding_batch_size
     run_on_test           also score the test split
     every_n_steps         in-loop evaluation interval (the hook only)
-    knn.{k, tau}; probe.{lrs, epochs, batch_size, eval_interval, seed}; finetune.{...}
+    knn.{k, tau}
+    probe.{recipe, cs, alphas, max_iter, lrs, epochs, batch_size, eval_interval, seed}
+                          recipe None: "lbfgs" (classification tasks) / "ridge" (regression);
+                          "reference_adamw" is the original's (see eval/linear_probe.py)
+    finetune.{...}
     n_bootstrap, bootstrap_seed
 
-Also here: loading a config file (`path.py` or `path.py:arg`) and applying command-line
-overrides ("patch_size=8", "knn.k=10"), with unknown fields and ill-typed values as errors.
+Tiny splits: `adapt_to_sizes` lowers k to the train size and the probe, fine-tuning and
+embedding batch sizes to the split sizes, and says so in notes, instead of failing.
+Also here: loading a config file (`path.py` or `path.py:arg`, or a bare name such as
+"m_eurosat") and overriding fields from a mapping (`override`).
 """
 
 from __future__ import annotations
 
-import ast
+import dataclasses
 import importlib.util
 import pathlib
 import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from ml_collections import config_dict
 
-from spacenit_jax.eval import bootstrap, geobench, knn, linear_probe, metrics
+from spacenit_jax.eval import bootstrap, geobench, geobench2, knn, linear_probe, metrics
 from spacenit_jax.eval import features as feat
 from spacenit_jax.eval.synthetic import SyntheticClassification, SyntheticSegmentation
 
 MODES = ("knn", "linear_probe", "finetune")
 SPLITS = ("train", "valid", "test")
-DATASET_KINDS = ("geobench", "synthetic", "synthetic_segmentation")
-PRIMARY = {"classification": "accuracy", "multilabel": "micro_f1", "segmentation": "miou"}
+DATASET_KINDS = ("geobench", "geobench2", "synthetic", "synthetic_segmentation")
+PRIMARY = {"classification": "accuracy", "multilabel": "micro_f1", "segmentation": "miou",
+           "regression": "rmse"}
+DENSE = ("segmentation", "regression")  # one prediction per pixel
 
 # --------------------------------------------------------------------------- configs
 
 
-def geobench_dataset(name: str = "m-eurosat", root: str | None = None) -> config_dict.ConfigDict:
-    return config_dict.ConfigDict({
-        "kind": "geobench", "name": name,
-        "root": config_dict.placeholder(str) if root is None else root,
-        "partition": "default", "norm": "pretrained", "fix_band_labels": False,
-        "train_split": "train", "valid_split": "valid", "test_split": "test",
-    })
+def geobench_dataset(name: str = "m-eurosat", root: str | None = None,
+                     **fields) -> config_dict.ConfigDict:
+    task = geobench.get_task(name)
+    cfg = {"kind": "geobench", "name": task.name,
+           "root": config_dict.placeholder(str) if root is None else root,
+           "partition": "default", "norm": task.default_norm,
+           "sensor": config_dict.placeholder(str), "ignore_nodata": False,
+           "center_crop": config_dict.placeholder(int), "fix_band_labels": False,
+           "train_split": "train", "valid_split": "valid", "test_split": "test"}
+    return _with_fields(cfg, fields, "geobench dataset")
+
+
+def geobench2_dataset(name: str, root: str | None = None, **fields) -> config_dict.ConfigDict:
+    task = geobench2.get_task(name)
+    cfg = {"kind": "geobench2", "name": task.name,
+           "root": config_dict.placeholder(str) if root is None else root,
+           "inputs": config_dict.placeholder(tuple), "timesteps": config_dict.placeholder(int),
+           "train_split": "train", "valid_split": "valid", "test_split": "test"}
+    return _with_fields(cfg, fields, "geobench2 dataset")
 
 
 def synthetic_dataset(**overrides) -> config_dict.ConfigDict:
@@ -66,15 +91,21 @@ def synthetic_segmentation_dataset(**overrides) -> config_dict.ConfigDict:
 def _synthetic(fields: dict, overrides: dict) -> config_dict.ConfigDict:
     cfg = {"num_classes": 10, "image_size": 32, "seed": 0, "noise": 0.05,
            "train_size": 300, "valid_size": 100, "test_size": 100, **fields}
-    unknown = sorted(set(overrides) - set(cfg))
+    return _with_fields(cfg, overrides, "synthetic dataset")
+
+
+def _with_fields(cfg: dict, fields: dict, what: str) -> config_dict.ConfigDict:
+    unknown = sorted(set(fields) - set(cfg))
     if unknown:
-        raise ValueError(f"unknown synthetic dataset fields {unknown}; known: {sorted(cfg)}")
-    cfg.update(overrides)
-    return config_dict.ConfigDict(cfg)
+        raise ValueError(f"unknown {what} fields {unknown}; known: {sorted(cfg)}")
+    out = config_dict.ConfigDict(cfg)
+    for key, value in fields.items():
+        out[key] = value
+    return out
 
 
 def base_config(name: str, dataset: config_dict.ConfigDict) -> config_dict.ConfigDict:
-    """A task with the reference's defaults (spec §9.8); callers lock it when done."""
+    """A task with the reference's defaults; callers lock it when done."""
     return config_dict.ConfigDict({
         "name": name,
         "dataset": dataset,
@@ -88,7 +119,9 @@ def base_config(name: str, dataset: config_dict.ConfigDict) -> config_dict.Confi
         "run_on_test": True,
         "every_n_steps": 4000,
         "knn": {"k": knn.DEFAULT_K, "tau": knn.DEFAULT_TAU},
-        "probe": {"lrs": tuple(linear_probe.DEFAULT_LRS), "epochs": 50, "batch_size": 32,
+        "probe": {"recipe": config_dict.placeholder(str), "cs": linear_probe.DEFAULT_CS,
+                  "alphas": linear_probe.DEFAULT_ALPHAS, "max_iter": 1000,
+                  "lrs": tuple(linear_probe.DEFAULT_LRS), "epochs": 50, "batch_size": 32,
                   "eval_interval": config_dict.placeholder(int), "seed": 0},
         "finetune": {"lr": 1e-4, "epochs": 50, "batch_size": 32, "eval_batch_size": 128,
                      "seed": 42, "weight_decay": 0.01, "freeze_fraction": 0.2,
@@ -97,6 +130,44 @@ def base_config(name: str, dataset: config_dict.ConfigDict) -> config_dict.Confi
         "n_bootstrap": 0,
         "bootstrap_seed": 42,
     })
+
+
+# Patch size per image side so that the token grid stays within the model's 64 x 64
+# position limit and divides the image (m-forestnet is cropped to 328 = 41 x 8).
+_BENCHMARK_PATCH = {64: 4, 120: 4, 32: 4, 256: 4, 320: 8, 328: 8, 400: 8, 500: 10}
+
+
+def benchmark_config(name: str, suite: str = "geobench", **fields) -> config_dict.ConfigDict:
+    """The standard config of a GeoBench v1 or GEO-Bench-2 task (unlocked).
+
+    Classification tasks: kNN on mean-pooled online-encoder tokens (the reference's default),
+    dense tasks: a linear probe on per-patch features ("spatial" pooling). Patch size by image
+    size (`_BENCHMARK_PATCH`), gsd = the task's metres per pixel for non-10 m sensors.
+    fields: top-level config fields to set (e.g. embedding_batch_size=64).
+    """
+    if suite == "geobench":
+        task = geobench.get_task(name)
+        dataset = geobench_dataset(task.name)
+        side, kind = task.image_size, task.kind
+        if task.name == "m-forestnet":
+            dataset.center_crop, side = 328, 328
+        cfg = base_config(task.name, dataset)
+        cfg.patch_size = _BENCHMARK_PATCH[side]
+        if task.gsd != 10.0 and task.sensor == "naip":
+            cfg.gsd = task.gsd
+    elif suite == "geobench2":
+        task = geobench2.get_task(name)
+        cfg = base_config(task.name, geobench2_dataset(task.name))
+        kind = task.kind
+        cfg.patch_size = 2 if task.name == "treesatai" else 4
+    else:
+        raise ValueError(f"unknown benchmark suite {suite!r}; known: geobench, geobench2")
+    if kind in DENSE:
+        cfg.mode, cfg.pooling = "linear_probe", "spatial"
+        cfg.embedding_batch_size = 32
+    for key, value in fields.items():
+        cfg[key] = value
+    return cfg
 
 
 def as_task_config(task) -> config_dict.ConfigDict:
@@ -116,13 +187,17 @@ def as_task_config(task) -> config_dict.ConfigDict:
     if cfg.dataset.get("kind") not in DATASET_KINDS:
         raise ValueError(f"task {cfg.name!r}: dataset.kind must be one of {DATASET_KINDS}, "
                          f"got {cfg.dataset.get('kind')!r}")
-    if cfg.dataset.kind == "synthetic_segmentation":
+    _, kind = task_info(cfg)
+    if kind in DENSE:
         if cfg.mode == "knn":
-            raise ValueError(f"task {cfg.name!r}: kNN classifies whole images; a segmentation "
-                             "task needs mode 'linear_probe' or 'finetune'")
+            raise ValueError(f"task {cfg.name!r}: kNN classifies whole images; a {kind} task "
+                             "needs mode 'linear_probe' or 'finetune'")
         if cfg.pooling != "spatial":
-            raise ValueError(f"task {cfg.name!r}: a segmentation task needs pooling "
-                             f"'spatial' (one feature per patch position), got {cfg.pooling!r}")
+            raise ValueError(f"task {cfg.name!r}: a {kind} task needs pooling 'spatial' (one "
+                             f"feature per patch position), got {cfg.pooling!r}")
+    if kind == "regression" and cfg.mode == "finetune":
+        raise ValueError(f"task {cfg.name!r}: fine-tuning has no regression head; use mode "
+                         "'linear_probe'")
     return cfg
 
 
@@ -165,61 +240,28 @@ def get_config_from_file(file, arg=None) -> config_dict.ConfigDict:
     return cfg
 
 
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+def _flatten(values: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping | config_dict.ConfigDict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
-def _parse_value(text: str, current, kind, field: str):
-    if kind is bool or isinstance(current, bool):
-        if text.lower() in _TRUE + _FALSE:
-            return text.lower() in _TRUE
-        raise ValueError(f"--config.{field}: expected true/false, got {text!r}")
-    if kind is None and current is None:
-        try:
-            return ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-    kind = kind or type(current)
+def override(cfg: config_dict.ConfigDict, values: Mapping) -> config_dict.ConfigDict:
+    """Set fields from a mapping, dotted ({"knn.k": 5}) or nested ({"knn": {"k": 5}}), with
+    typed values; unknown fields and values of the wrong type are errors (ConfigDict's own
+    checks). Returns the checked config."""
+    flat = _flatten(values)
     try:
-        if kind in (int, float):
-            value = ast.literal_eval(text)
-            if isinstance(value, bool) or not isinstance(value, int | float) or (
-                    kind is int and not isinstance(value, int)):
-                raise ValueError
-            return kind(value)
-        if kind in (tuple, list):
-            value = ast.literal_eval(text)
-            return kind(value if isinstance(value, tuple | list) else (value,))
-    except (ValueError, SyntaxError):
-        raise ValueError(f"--config.{field}: expected {kind.__name__}, got {text!r}") from None
-    if kind is str:
-        return text
-    raise ValueError(f"--config.{field}: cannot set a field of type {kind.__name__}")
-
-
-def apply_overrides(cfg: config_dict.ConfigDict, overrides) -> config_dict.ConfigDict:
-    """Apply "a.b=value" overrides; unknown fields and sections are errors (names listed)."""
-    for item in overrides:
-        field, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"config override {item!r} must look like field=value")
-        *parents, leaf = field.split(".")
-        node = cfg
-        for i, name in enumerate(parents):
-            if name not in node or not isinstance(node[name], config_dict.ConfigDict):
-                where = ".".join(parents[:i]) or "the config"
-                raise ValueError(f"--config.{field}: {where} has no section {name!r}; "
-                                 f"known: {sorted(node.keys())}")
-            node = node[name]
-        if leaf not in node:
-            where = ".".join(parents) or "the config"
-            raise ValueError(f"--config.{field}: unknown field {leaf!r} in {where}; known: "
-                             f"{sorted(node.keys())}")
-        if isinstance(node[leaf], config_dict.ConfigDict):
-            raise ValueError(f"--config.{field} is a section, set one of its fields "
-                             f"{sorted(node[leaf].keys())}")
-        kind = node.get_ref(leaf).get_type() if node[leaf] is None else None
-        value = _parse_value(text, node[leaf], kind, field)
-        node[leaf] = value  # a locked ConfigDict still takes existing fields
+        cfg.update_from_flattened_dict(flat)
+    except (AttributeError, KeyError) as err:
+        raise ValueError(f"task {cfg.get('name', '?')!r}: unknown config field in "
+                         f"{sorted(flat)}: {err}") from None
+    except TypeError as err:
+        raise ValueError(f"task {cfg.get('name', '?')!r}: {err}") from None
     return as_task_config(cfg)
 
 
@@ -227,28 +269,56 @@ def apply_overrides(cfg: config_dict.ConfigDict, overrides) -> config_dict.Confi
 
 
 def task_info(cfg) -> tuple[int, str]:
-    """(num_classes, "classification" | "multilabel" | "segmentation") of a task's dataset."""
+    """(num_classes or regression outputs, kind): kind is "classification" | "multilabel" |
+    "segmentation" | "regression"."""
     ds = cfg.dataset
     if ds.kind == "synthetic":
         return int(ds.num_classes), "classification"
     if ds.kind == "synthetic_segmentation":
         return int(ds.num_classes), "segmentation"
+    if ds.kind == "geobench2":
+        task = geobench2.get_task(ds.name)
+        return task.num_classes, task.kind
     task = geobench.get_task(ds.name)
-    return task.num_classes, "multilabel" if task.multilabel else "classification"
+    return task.num_classes, task.kind
+
+
+def task_sensors(cfg, model_sensors: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The model sensors the task's dataset feeds (after the aerial fallback, when the model's
+    sensors are given)."""
+    ds = cfg.dataset
+    if ds.kind.startswith("synthetic"):
+        return (SyntheticClassification.sensor,)
+    if ds.kind == "geobench2":
+        task = geobench2.get_task(ds.name)
+        return tuple(task.inputs[i].sensor for i in (ds.get("inputs") or task.default_inputs))
+    return (_geobench_sensor(cfg, model_sensors)[0],)
 
 
 def task_sensor(cfg) -> str:
-    """The sensor whose images the task's dataset holds."""
-    if cfg.dataset.kind.startswith("synthetic"):
-        return SyntheticClassification.sensor
-    return geobench.get_task(cfg.dataset.name).sensor
+    """The primary sensor of the task's dataset."""
+    return task_sensors(cfg)[0]
 
 
-def load_split(cfg, split: str):
-    """The task's dataset for split "train" | "valid" | "test" (lazy; EvalSamples).
+def _geobench_sensor(cfg, model_sensors) -> tuple[str, str | None]:
+    """(sensor, note): the configured or the task's sensor; for the aerial tasks, the
+    sentinel2_l2a fallback when the model has no naip."""
+    task = geobench.get_task(cfg.dataset.name)
+    sensor = cfg.dataset.get("sensor") or task.sensor
+    if (model_sensors is not None and sensor == "naip" and "naip" not in model_sensors
+            and "sentinel2_l2a" in model_sensors and not cfg.dataset.get("sensor")):
+        return "sentinel2_l2a", (f"{task.name}: the model has no naip sensor; aerial R, G, B, "
+                                 "NIR fed to sentinel2_l2a B04, B03, B02, B08 (fallback, not a "
+                                 "faithful input)")
+    return sensor, None
 
-    Raises FileNotFoundError when a GeoBench dataset is not there ($GEOBENCH_DIR unset or
-    wrong, missing partition or sample files).
+
+def load_split(cfg, split: str, model_sensors: Sequence[str] | None = None):
+    """The task's dataset for split "train" | "valid" | "test" (lazy; EvalSamples, with
+    `notes` for benchmark datasets).
+
+    Raises FileNotFoundError when a benchmark dataset is not there ($GEOBENCH_DIR /
+    $GEOBENCH2_DIR unset or wrong, missing partition or sample files).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -260,17 +330,65 @@ def load_split(cfg, split: str):
             return SyntheticSegmentation(split, block=int(ds.block), **kw)
         return SyntheticClassification(split, **kw)
     try:
-        return geobench.GeoBenchClassification(ds.root, ds.name, ds[f"{split}_split"],
-                                               partition=ds.partition, norm=ds.norm,
-                                               fix_band_labels=bool(ds.fix_band_labels))
+        if ds.kind == "geobench2":
+            return geobench2.GeoBench2Dataset(ds.root, ds.name, ds[f"{split}_split"],
+                                              inputs=ds.get("inputs"),
+                                              timesteps=ds.get("timesteps"))
+        sensor, note = _geobench_sensor(cfg, model_sensors)
+        data = geobench.GeoBenchDataset(
+            ds.root, ds.name, ds[f"{split}_split"], partition=ds.partition, norm=ds.norm,
+            sensor=sensor, ignore_nodata=bool(ds.ignore_nodata),
+            center_crop=ds.get("center_crop"), fix_band_labels=bool(ds.fix_band_labels))
+        if note:
+            data.notes.append(note)
+        return data
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"task {cfg.name!r}, split {split!r}: {err} (set $GEOBENCH_DIR "
-                                "or dataset.root to the directory holding "
-                                f"{geobench.BENCHMARK_DIR}/)") from err
+        env = "$GEOBENCH2_DIR" if ds.kind == "geobench2" else "$GEOBENCH_DIR"
+        raise FileNotFoundError(f"task {cfg.name!r}, split {split!r}: {err} (set {env} or "
+                                "dataset.root)") from err
+
+
+def dataset_notes(*datasets) -> list[str]:
+    """The notes of benchmark datasets, each once, in order."""
+    out = []
+    for data in datasets:
+        for note in getattr(data, "notes", ()):
+            if note not in out:
+                out.append(note)
+    return out
 
 
 def eval_splits(cfg) -> tuple[str, ...]:
     return ("valid", "test") if cfg.get("run_on_test", False) else ("valid",)
+
+
+def adapt_to_sizes(cfg, sizes: Mapping[str, int]) -> list[str]:
+    """Lower what the task's mode uses to fit tiny splits (in place): k, the reference probe's
+    and fine-tuning's batch sizes to the train size, the embedding and evaluation batch sizes
+    to the largest split. Returns notes of what changed."""
+    notes = []
+    n_train, n_max = int(sizes["train"]), max(int(v) for v in sizes.values())
+
+    def lower(path: str, limit: int, why: str):
+        *parents, leaf = path.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        if node[leaf] is not None and node[leaf] > limit:
+            notes.append(f"{cfg.name}: {path} {node[leaf]} -> {limit} ({why})")
+            node[leaf] = limit
+
+    train_why, max_why = f"{n_train} training samples", f"largest split {n_max}"
+    if cfg.mode == "finetune":
+        lower("finetune.batch_size", n_train, train_why)
+        lower("finetune.eval_batch_size", n_max, max_why)
+        return notes
+    lower("embedding_batch_size", n_max, max_why)
+    if cfg.mode == "knn":
+        lower("knn.k", n_train, train_why)
+    elif cfg.probe.get("recipe") == "reference_adamw":
+        lower("probe.batch_size", n_train, train_why)
+    return notes
 
 
 # --------------------------------------------------------------------------- modes
@@ -286,8 +404,12 @@ def _bootstrap_rows(cfg, mode, preds, labels, hyper) -> list[dict]:
     if n <= 0:
         return []
     seed = int(cfg.get("bootstrap_seed", 42))
-    if labels.ndim == 3:  # segmentation maps: resample per-sample confusion matrices
-        cms = metrics.per_sample_confusion(preds, labels, task_info(cfg)[0])
+    num_classes, kind = task_info(cfg)
+    if kind == "regression":
+        stats = bootstrap.bootstrap_rmse(preds, np.asarray(labels, np.float32).reshape(
+            np.shape(preds)), n, seed).as_dict()
+    elif kind == "segmentation":  # resample per-sample confusion matrices
+        cms = metrics.per_sample_confusion(preds, labels, num_classes)
         stats = bootstrap.bootstrap_miou(cms, n, seed).as_dict()
     else:
         fn = bootstrap.bootstrap_micro_f1 if labels.ndim == 2 else bootstrap.bootstrap_accuracy
@@ -296,58 +418,76 @@ def _bootstrap_rows(cfg, mode, preds, labels, hyper) -> list[dict]:
             if np.ndim(v) == 0]
 
 
+def probe_config_from(cfg, num_classes: int, kind: str) -> linear_probe.ProbeConfig:
+    p = cfg.probe
+    return linear_probe.ProbeConfig(
+        task=kind, num_classes=num_classes, recipe=p.get("recipe"),
+        cs=tuple(p.get("cs", linear_probe.DEFAULT_CS)),
+        alphas=tuple(p.get("alphas", linear_probe.DEFAULT_ALPHAS)),
+        max_iter=int(p.get("max_iter", 1000)), lrs=tuple(p.lrs),
+        epochs=int(p.epochs), batch_size=int(p.batch_size),
+        eval_interval=None if p.eval_interval is None else int(p.eval_interval),
+        seed=int(p.seed))
+
+
 def evaluate_features(cfg, mode: str, feats: dict[str, feat.Features], *,
-                      splits: tuple[str, ...] | None = None) -> list[dict]:
+                      splits: tuple[str, ...] | None = None, progress=None) -> list[dict]:
     """Score a frozen-feature mode ("knn" | "linear_probe") on the eval splits.
 
     feats: Features of "train", "valid" and (with run_on_test) "test"; splits: the ones to
     score (default: valid, plus test when cfg.run_on_test). The linear probe selects its
-    learning rate on "valid". Returns result rows {task, mode, split, metric, value, primary,
-    hyperparameters}.
+    hyperparameter on "valid". k and the probe batch size are lowered to the train size if
+    needed (the row's hyperparameters say so). Returns result rows {task, mode, split,
+    metric, value, primary, hyperparameters}.
     """
-    num_classes, task = task_info(cfg)
+    num_classes, kind = task_info(cfg)
     splits = eval_splits(cfg) if splits is None else tuple(splits)
     missing = [s for s in ("train", *splits) if s not in feats]
     if missing:
         raise ValueError(f"task {cfg.name!r}: features of splits {missing} are missing")
     train = feats["train"]
+    n_train = len(train.features)
     rows = []
     rep = {"patch_size": int(cfg.patch_size), "representation": cfg.representation,
            "pooling": cfg.pooling}
     if mode == "knn":
-        if task == "segmentation":
-            raise ValueError(f"task {cfg.name!r}: kNN does not apply to segmentation")
-        k, tau = int(cfg.knn.k), float(cfg.knn.tau)
+        if kind in DENSE:
+            raise ValueError(f"task {cfg.name!r}: kNN does not apply to {kind}")
+        k, tau = min(int(cfg.knn.k), n_train), float(cfg.knn.tau)
         hyper = {**rep, "k": k, "tau": tau}
+        if k < int(cfg.knn.k):
+            hyper["note"] = f"k lowered from {int(cfg.knn.k)} to the {n_train} train samples"
         for split in splits:
             res = knn.knn_evaluate(train.features, train.labels, feats[split].features,
                                    feats[split].labels, num_classes=num_classes, k=k, tau=tau)
-            rows.append(_row(cfg, mode, split, PRIMARY[task], res.accuracy, hyper,
+            rows.append(_row(cfg, mode, split, PRIMARY[kind], res.accuracy, hyper,
                              primary=True))
             if split == "test":
                 rows += _bootstrap_rows(cfg, mode, res.predictions, feats[split].labels, hyper)
         return rows
     if mode != "linear_probe":
         raise ValueError(f"evaluate_features: mode must be 'knn' or 'linear_probe', got {mode!r}")
-    p = cfg.probe
-    config = linear_probe.ProbeConfig(
-        task=task, num_classes=num_classes,
-        epochs=int(p.epochs), batch_size=int(p.batch_size),
-        eval_interval=None if p.eval_interval is None else int(p.eval_interval),
-        seed=int(p.seed))
+    config = probe_config_from(cfg, num_classes, kind)
+    note = None
+    if config.recipe == "reference_adamw" and config.batch_size > n_train:
+        note = f"probe batch size lowered from {config.batch_size} to {n_train}"
+        config = dataclasses.replace(config, batch_size=n_train)
     valid = feats["valid"]
     fit = linear_probe.fit_linear_probe(train.features, train.labels, valid.features,
-                                        valid.labels, config=config, lrs=tuple(p.lrs))
-    hyper = {**rep, "lr": float(f"{fit.best_lr:.6g}"), "epochs": config.epochs,
-             "batch_size": config.batch_size, "lrs": [float(f"{x:.6g}") for x in fit.lrs]}
-    primary = PRIMARY[task]
+                                        valid.labels, config=config, progress=progress)
+    hyper = {**rep, **fit.hyperparameters(),
+             config.grid_name + "s": [float(f"{x:.6g}") for x in fit.grid]}
+    if note:
+        hyper["note"] = note
+    primary = config.primary
     for split in splits:
         preds = fit.predict(feats[split].features)
-        scores = linear_probe.score_predictions(preds, feats[split].labels, config)
+        labels = feats[split].labels
+        scores = linear_probe.score_predictions(preds, labels, config)
         rows += [_row(cfg, mode, split, metric, value, hyper, primary=metric == primary)
                  for metric, value in scores.items() if metric != "primary"]
         if split == "test":
-            rows += _bootstrap_rows(cfg, mode, preds, feats[split].labels, hyper)
+            rows += _bootstrap_rows(cfg, mode, preds, labels, hyper)
     return rows
 
 
@@ -367,8 +507,8 @@ def finetune_config_from(cfg):
         patch_size=int(cfg.patch_size), use_months=bool(cfg.use_months), gsd=cfg.get("gsd"))
 
 
-def evaluate_finetune(cfg, model, data: dict, *, checkpoint_dir=None, devices=None
-                      ) -> list[dict]:
+def evaluate_finetune(cfg, model, data: dict, *, checkpoint_dir=None, devices=None,
+                      progress: bool | None = None) -> list[dict]:
     """Fine-tune on data["train"], select on data["valid"], score valid (and test)."""
     from spacenit_jax.eval.finetune import finetune
     from spacenit_jax.eval.finetune import score as finetune_score
@@ -376,9 +516,13 @@ def evaluate_finetune(cfg, model, data: dict, *, checkpoint_dir=None, devices=No
     config = finetune_config_from(cfg)
     data = {k: v if isinstance(v, feat.ArraySplit) else feat.ArraySplit.from_dataset(v)
             for k, v in data.items()}
+    if data["train"].extra:
+        raise ValueError(f"task {cfg.name!r}: fine-tuning takes one sensor, the dataset feeds "
+                         f"{[data['train'].sensor, *data['train'].extra]}; set "
+                         "dataset.inputs to one input")
     start = time.perf_counter()
     result = finetune(model, data["train"], data["valid"], config=config,
-                      checkpoint_dir=checkpoint_dir, devices=devices)
+                      checkpoint_dir=checkpoint_dir, devices=devices, progress=progress)
     hyper = {"patch_size": config.patch_size, "representation": config.representation,
              "pooling": config.pooling, "lr": config.lr, "epochs": config.epochs,
              "batch_size": config.batch_size, "best_epoch": result.best_epoch,
@@ -404,9 +548,12 @@ def format_table(rows: list[dict]) -> str:
     header = ("task", "mode", "split", "metric", "value", "hyperparameters")
     body = [(r["task"], r["mode"], r["split"], r["metric"] + (" *" if r.get("primary") else ""),
              f"{r['value']:.4f}",
-             " ".join(f"{k}={v}" for k, v in r["hyperparameters"].items() if k != "lrs"))
+             " ".join(f"{k}={v}" for k, v in r["hyperparameters"].items()
+                      if k not in ("lrs", "Cs", "alphas", "note")))
             for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
              for line in (header, *body)]
-    return "\n".join(lines + ["(* = primary metric)"])
+    notes = sorted({r["hyperparameters"]["note"] for r in rows
+                    if r["hyperparameters"].get("note")})
+    return "\n".join(lines + ["(* = primary metric)"] + [f"note: {n}" for n in notes])

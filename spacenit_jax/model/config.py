@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 from spacenit_jax import sensors
@@ -81,6 +82,8 @@ class ModelConfig:
     attention_impl: Literal["xla", "cudnn", "rowwise", "splash"] | None = None
 
     def __post_init__(self):
+        if isinstance(self.layout, Mapping):  # ModelConfig(**config_to_dict(cfg)) works too
+            object.__setattr__(self, "layout", layout_from_dict(self.layout))
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; known: {PRESETS}")
         d, h = self.embed_dim, self.num_heads
@@ -191,14 +194,20 @@ def config_to_dict(cfg: ModelConfig) -> dict:
     return out
 
 
-def config_from_dict(d: dict) -> ModelConfig:
-    d = dict(d)
-    layout = dict(d.pop("layout"))
+def layout_from_dict(d: Mapping) -> TokenLayout:
+    """The TokenLayout of its JSON form (lists where the layout holds tuples)."""
+    layout = dict(d)
     layout["sensor_labels"] = tuple(layout["sensor_labels"])
     layout["custom_groups"] = tuple((label, tuple(tuple(g) for g in groups))
                                     for label, groups in layout.get("custom_groups", ()))
+    return TokenLayout(**layout)
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    d = dict(d)
+    layout = layout_from_dict(d.pop("layout"))
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown model config fields {unknown}")
-    return ModelConfig(layout=TokenLayout(**layout), **d)
+    return ModelConfig(layout=layout, **d)

@@ -1,10 +1,15 @@
-"""Parameter names: our Flax parameter tree <-> the PyTorch state-dict keys (numpy only).
+"""Parameter names: our Flax parameter tree <-> the PyTorch state-dict keys.
 
-For the reference presets the keys and shapes are exactly the original's
-(reference-model spec 13); the design card uses the latest original's naming scheme with
-its own modules (RMSNorm has no bias, SwiGLU is mlp.{gate,up,down}_proj). Dense kernels
-are stored (in, out) here and (out, in) in torch; tokens are (D,) here and (1, 1, D)
-there. A scanned block stack (stacked 'layers' axis) is unstacked first.
+For the reference presets the keys and shapes are exactly the original's (the
+torch_bridge tests write them out key by key); the design card uses the latest original's
+naming scheme with its own modules (RMSNorm has no bias, SwiGLU is
+mlp.{gate,up,down}_proj). Dense kernels are stored (in, out) here and (out, in) in torch;
+tokens are (D,) here and (1, 1, D) there. A scanned block stack (stacked 'layers' axis)
+is unstacked first. Parameters travel as flat {path tuple: array} dicts
+(`flax.traverse_util.flatten_dict` of `nnx.to_pure_dict`).
+
+Whether a state dict fits a model is checked in one place, `check_keys`, which every
+reader and writer uses: one line listing the missing, unexpected and mis-shaped keys.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 
 from spacenit_jax.model.config import ModelConfig
 
@@ -150,40 +155,74 @@ def to_state_dict(cfg: ModelConfig, params: Mapping[tuple, np.ndarray]) -> dict[
     return sd
 
 
-def from_state_dict(cfg: ModelConfig, sd: Mapping[str, np.ndarray],
-                    template: Mapping[tuple, object]) -> dict[tuple, np.ndarray]:
-    """{torch key: array} -> flat {path: array} for the paths of `template` (our model's).
+class StateDictMismatch(ValueError):
+    """A state dict whose keys or shapes do not fit the model."""
 
-    Every expected key must be present with the expected shape and no extra key may be
-    left over (apart from '_step'); the error lists what is missing, extra or mis-shaped.
-    """
-    expected = {}
+
+def _listed(items: list[str], limit: int = 10) -> str:
+    more = f", ... (+{len(items) - limit} more)" if len(items) > limit else ""
+    return f"[{', '.join(items[:limit])}{more}]"
+
+
+def check_keys(got: Mapping[str, tuple], expected: Mapping[str, tuple], what: str) -> None:
+    """Raise StateDictMismatch, one line starting with `what`, unless the {key: shape}
+    dicts `got` and `expected` have the same keys with the same shapes."""
+    missing = [repr(k) for k in expected if k not in got]
+    extra = [repr(k) for k in sorted(set(got) - set(expected))]
+    wrong = [f"{k}: {tuple(got[k])}, expected {tuple(expected[k])}"
+             for k in expected if k in got and tuple(got[k]) != tuple(expected[k])]
+    parts = [f"{name} ({len(keys)}): {_listed(keys)}"
+             for name, keys in (("missing keys", missing), ("unexpected keys", extra),
+                                ("mis-shaped keys", wrong)) if keys]
+    if parts:
+        raise StateDictMismatch(f"{what}: " + "; ".join(parts))
+
+
+def _torch_shape(shape: tuple, transform: str) -> tuple[int, ...]:
+    if transform == "T":
+        return tuple(shape)[::-1]
+    if transform == "token":
+        return (1, 1, *shape)
+    return tuple(shape)
+
+
+def torch_shapes(cfg: ModelConfig, template: Mapping[tuple, object]) -> dict[str, tuple]:
+    """{torch key: torch shape} of the parameters of `template` (flat {path: array or
+    shape-only leaf} of our model)."""
+    out = {}
     for path, leaf in unstack_layers(template, cfg).items():
         key, transform = torch_name(cfg, path)
-        expected[key] = (path, transform, tuple(np.shape(leaf)))
-    missing = sorted(set(expected) - set(sd))
-    extra = sorted(set(sd) - set(expected) - {"_step"})
-    wrong = []
+        out[key] = _torch_shape(np.shape(leaf), transform)
+    return out
+
+
+def from_state_dict(cfg: ModelConfig, sd: Mapping[str, np.ndarray],
+                    template: Mapping[tuple, object], *, what: str = "state dict",
+                    buffers: Mapping[str, tuple] | None = None) -> dict[tuple, np.ndarray]:
+    """{torch key: array} -> flat {path: array} for the paths of `template` (our model's).
+
+    Every parameter of `template` must be present with its shape, and nothing else but
+    `buffers` ({key: torch shape} of non-parameter entries the state dict must hold, such
+    as the original's `_step` EMA counter, {"_step": ()}; checked, not returned). With
+    buffers=None an `_step` entry is accepted if present. Raises StateDictMismatch.
+    """
+    paths = {}
+    for path in unstack_layers(template, cfg):
+        key, transform = torch_name(cfg, path)
+        paths[key] = (path, transform)
+    expected = torch_shapes(cfg, template)
+    if buffers is None:
+        buffers = {"_step": np.shape(sd["_step"])} if "_step" in sd else {}
+    check_keys({k: np.shape(v) for k, v in sd.items()}, {**buffers, **expected},
+               f"{what} does not match the model")
     out = {}
-    for key, (path, transform, shape) in expected.items():
-        if key not in sd:
-            continue
+    for key, (path, transform) in paths.items():
         value = np.asarray(sd[key])
         if transform == "T":
             value = value.T
         elif transform == "token":
             value = value.reshape(-1)
-        if value.shape != shape:
-            torch_shape = tuple(np.shape(sd[key]))
-            wrong.append(f"{key}: got {torch_shape}, expected the torch shape of {shape}")
-            continue
-        out[path] = value
-    if missing or extra or wrong:
-        raise ValueError(
-            "state dict does not match the model"
-            + (f"\n  missing keys ({len(missing)}): {missing}" if missing else "")
-            + (f"\n  unexpected keys ({len(extra)}): {extra}" if extra else "")
-            + (f"\n  mis-shaped keys ({len(wrong)}): {wrong}" if wrong else ""))
+        out[path] = np.ascontiguousarray(value)
     return stack_layers(out, cfg)
 
 
@@ -192,8 +231,7 @@ def flat_params(model_or_state) -> dict[tuple, np.ndarray]:
     state = model_or_state
     if isinstance(model_or_state, nnx.Module):
         state = nnx.state(model_or_state, nnx.Param)
-    return {path: var.get_value() if hasattr(var, "get_value") else var
-            for path, var in nnx.to_flat_state(state)}
+    return traverse_util.flatten_dict(nnx.to_pure_dict(state))
 
 
 def load_flat(model: nnx.Module, flat: Mapping[tuple, np.ndarray]) -> None:

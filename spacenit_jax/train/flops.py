@@ -227,3 +227,21 @@ def measured_matmul_flops(dtype: str = "float32", n: int = 2048, reps: int = 5) 
         f(x, x).block_until_ready()
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3 / best
+
+
+# Datasheet dense bfloat16 peak FLOP/s per device, by a substring of jax's device_kind
+# (first match wins). MFU is reported against these; a device not listed (e.g. a CPU)
+# has no peak, so MFU is not reported unless config.peak_flops_per_device declares one.
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+    ("TPU v6 lite", 918e12), ("TPU v5 lite", 197e12), ("TPU v5p", 459e12),
+    ("TPU v5", 459e12), ("TPU v4", 275e12),
+)
+
+
+def peak_flops_per_device(device_kind: str) -> float | None:
+    """The datasheet bf16 dense peak of a device kind, or None when unknown (CPUs)."""
+    for name, peak in PEAK_FLOPS:
+        if name in device_kind:
+            return peak
+    return None

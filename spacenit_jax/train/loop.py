@@ -1,13 +1,19 @@
-"""The pretraining loop: config -> mesh, data, sharded state, one compiled step, checkpoints.
+"""The pretraining loop: config -> mesh, data, sharded state, one compiled step, hooks.
 
 Start-up validates everything that can be checked before spending compute (config
 fields, mesh vs devices, rows vs mesh and microbatches, dataset presence) and fails with
 a clear message. The step is compiled once, ahead of time, for the run's fixed batch
 shapes; calling it with other shapes is an error, so a run can never silently
 recompile. Metrics of step t are fetched while step t+1 runs (no host-device sync in
-the step). A checkpoint holds parameters, optimizer state, step, rng and every
-process's data-iterator state, so a restarted run continues exactly; SIGTERM writes one
-before exiting.
+the step). Checkpointing, logging and evaluation are hooks (train.hooks) at their own
+intervals; launch.pretrain adds the in-loop evaluator.
+
+A checkpoint holds the parameters, optimizer state, step, rng and the global index of
+the next batch, so a restarted run continues exactly, with any number of data workers;
+a damaged newest checkpoint is skipped (named, never deleted) for the newest intact one.
+A preemption (SIGTERM) or stop_at_step writes one before stopping. Steps whose loss or
+gradient is not finite, or whose batch has no real token, are skipped and counted; too
+many in a row stop the run with a checkpoint and a `TrainingHalted` error.
 """
 
 from __future__ import annotations
@@ -16,22 +22,33 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import pathlib
-import signal
 import time
 
 import jax
-from flax import nnx
 from ml_collections import ConfigDict
 
 from spacenit_jax import checkpoint, sharding, tracing
-from spacenit_jax.model.config import ModelConfig, config_to_dict, make_config
+from spacenit_jax.model.config import ModelConfig
+from spacenit_jax.train import config as run_config
 from spacenit_jax.train import flops, multihost, objectives, step, tracking
+from spacenit_jax.train import state as state_lib
+from spacenit_jax.train.hooks import Hooks, StepInfo
+from spacenit_jax.train.preemption import PreemptionWatch
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class TrainingHalted(RuntimeError):
+    """The run stopped on a fault (after saving a checkpoint); the message says which."""
+
+
+class NonFiniteLossError(TrainingHalted):
+    pass
+
+
+class TokenlessDataError(TrainingHalted):
     pass
 
 
@@ -45,18 +62,6 @@ def check_position_limits(model_cfg: ModelConfig, plan) -> None:
         if s.t_out > model_cfg.max_timesteps:
             raise ValueError(f"data crop size hw_p={s.hw_p} keeps {s.t_out} timesteps, more than "
                              f"the model's max_timesteps {model_cfg.max_timesteps}")
-
-
-def model_config(config: ConfigDict) -> ModelConfig:
-    m = config.model
-    overrides = {k: v for k, v in m.overrides.items() if v is not None}
-    extra = {k: m[k] for k in ("compute_dtype", "scan_layers", "remat", "attention_impl")
-             if m[k] is not None}
-    return make_config(m.preset, m.size, tuple(m.sensor_labels), **overrides, **extra)
-
-
-def objective_config(config: ConfigDict) -> objectives.ObjectiveConfig:
-    return objectives.ObjectiveConfig(**config.objective.to_dict())
 
 
 def resolve_dataset(config: ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
@@ -81,18 +86,6 @@ def resolve_dataset(config: ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
     return spec.directory(root) if not multihost.is_main() else path
 
 
-def pipeline_config(config: ConfigDict, path, objective: objectives.ObjectiveConfig):
-    from spacenit_jax.data.pipeline import PipelineConfig
-
-    d = config.data.to_dict()
-    for key in ("path", "synthetic_samples", "synthetic_tile_size"):
-        d.pop(key)
-    if not objective.masked:
-        d["masking"] = "none"
-    return PipelineConfig.from_config_dict(
-        {**d, "path": str(path), "num_views": objective.num_views, "seed": config.seed})
-
-
 def check_layout(config: ConfigDict, mesh) -> None:
     rows = config.data.rows * jax.process_count()
     parallel = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -106,12 +99,6 @@ def check_layout(config: ConfigDict, mesh) -> None:
                          f"{config.microbatches} microbatches")
 
 
-def state_shardings(mesh, abstract_state: step.TrainState):
-    """Parameters by their logical axes; the EMA target and optimizer moments follow the
-    parameters they mirror; scalars replicated."""
-    return sharding.state_shardings(mesh, abstract_state)
-
-
 def global_batch(mesh, views: dict):
     def put(x):
         return jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, x.ndim), x)
@@ -119,64 +106,13 @@ def global_batch(mesh, views: dict):
     return jax.tree.map(put, views)
 
 
-def full_params(state: step.TrainState) -> dict:
-    """All model parameters (online and EMA target) as one nested dict."""
-    out = nnx.to_pure_dict(state.params["model"])
-    out.update(nnx.to_pure_dict(state.target))
-    return out
-
-
-def _fill(template, pure: dict):
-    state = jax.tree.map(lambda x: x, template)
-    nnx.replace_by_pure_dict(state, pure)
-    return state
-
-
-def with_params(state: step.TrainState, pure: dict, *, strict: bool = True) -> step.TrainState:
-    """Put a full-parameter dict (e.g. restored or imported) into a train state."""
-    online_keys = set(nnx.to_pure_dict(state.params["model"]))
-    target_keys = set(nnx.to_pure_dict(state.target))
-    given = set(pure)
-    extra = given - online_keys - target_keys
-    if extra:
-        raise ValueError(f"parameters for modules the model does not have: {sorted(extra)}")
-    missing = (online_keys | target_keys) - given
-    pure = dict(pure)
-    if missing and "target_encoder" in missing and "encoder" in given:
-        pure["target_encoder"] = pure["encoder"]  # the target starts as a copy
-        missing.discard("target_encoder")
-    if strict and missing:
-        raise ValueError(f"the checkpoint has no parameters for {sorted(missing)}")
-    online = dict(nnx.to_pure_dict(state.params["model"]))
-    online.update({k: v for k, v in pure.items() if k in online_keys})
-    target = dict(nnx.to_pure_dict(state.target))
-    target.update({k: v for k, v in pure.items() if k in target_keys})
-    params = dict(state.params, model=_fill(state.params["model"], online))
-    return state._replace(params=params, target=_fill(state.target, target))
-
-
-def _train_item(state: step.TrainState) -> dict:
-    return {"opt_state": state.opt_state, "loss": state.params["loss"], "step": state.step,
-            "rng": state.rng, "nonfinite": state.nonfinite}
-
-
-def run_config(config: ConfigDict, model_cfg: ModelConfig, kind: str) -> dict:
-    out = json.loads(config.to_json_best_effort())
-    out["model"] = {"config": config_to_dict(model_cfg), "kind": kind, "run": out["model"]}
-    return out
-
-
-class _Preemption:
-    def __init__(self):
-        self.requested = False
-        self._old = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        log.warning("SIGTERM received: checkpointing after the current step")
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._old)
+@dataclasses.dataclass
+class _Counters:
+    nonfinite: int = 0  # consecutive steps with a non-finite loss or gradient
+    tokenless: int = 0  # consecutive steps whose global batch had no real token
+    tokenless_total: int = 0
+    last_loss: float = math.nan
+    last_mfu: float | None = None
 
 
 @dataclasses.dataclass
@@ -188,42 +124,48 @@ class Trainer:
     model_cfg: ModelConfig
     objective: objectives.ObjectiveConfig
     mesh: object
+    pipeline_config: object
     pipeline: object
     tx: object
     schedule: object
     graphdef: object
     state_sharding: object
     abstract_state: object
+    hooks: Hooks = dataclasses.field(default_factory=Hooks)
 
     @classmethod
     def create(cls, config: ConfigDict, workdir) -> Trainer:
         multihost.maybe_initialize()
         workdir = pathlib.Path(workdir).absolute()
-        model_cfg = model_config(config)
-        objective = objective_config(config)
+        model_cfg = run_config.model_config(config)
+        objective = run_config.objective_config(config)
         mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         check_layout(config, mesh)
         from spacenit_jax.data.pipeline import make_pipeline
 
         data_path = resolve_dataset(config, workdir)
-        pipeline = make_pipeline(pipeline_config(config, data_path, objective), model_cfg.layout)
+        pipeline_cfg = run_config.pipeline_config(config, data_path, objective)
+        pipeline = make_pipeline(pipeline_cfg, model_cfg.layout)
         check_position_limits(model_cfg, pipeline.plan)
-        tx, schedule = step.make_optimizer(step.OptimizerConfig(**config.optimizer.to_dict()),
+        tx, schedule = step.make_optimizer(run_config.optimizer_config(config),
                                            config.total_steps)
-        init = functools.partial(step.init_train_state, model_cfg, objective, tx,
+        init = functools.partial(state_lib.init_train_state, model_cfg, objective, tx,
                                  seed=config.seed)
         abstract_state = jax.eval_shape(init)
-        graphdef, _, _ = step.split_model(step.abstract_model(model_cfg, objective.model_kind))
-        return cls(config, workdir, model_cfg, objective, mesh, pipeline, tx, schedule, graphdef,
-                   state_shardings(mesh, abstract_state), abstract_state)
+        graphdef, _ = state_lib.split_model(
+            state_lib.abstract_model(model_cfg, objective.model_kind))
+        return cls(config, workdir, model_cfg, objective, mesh, pipeline_cfg, pipeline, tx,
+                   schedule, graphdef, sharding.state_shardings(mesh, abstract_state),
+                   abstract_state)
 
-    def init_state(self) -> step.TrainState:
-        init = functools.partial(step.init_train_state, self.model_cfg, self.objective, self.tx,
-                                 seed=self.config.seed)
+    # -- state ---------------------------------------------------------------------------
+    def init_state(self) -> state_lib.TrainState:
+        init = functools.partial(state_lib.init_train_state, self.model_cfg, self.objective,
+                                 self.tx, seed=self.config.seed)
         state = jax.jit(init, out_shardings=self.state_sharding)()
         if self.config.init_from:
             pure, src_step = checkpoint.restore_params(self.config.init_from)
-            state = with_params(state, pure, strict=False)
+            state = state_lib.with_params(state, pure, strict=False)
             state = jax.device_put(state, self.state_sharding)
             log.info("initialised parameters from %s (step %d)", self.config.init_from, src_step)
         return state
@@ -233,23 +175,18 @@ class Trainer:
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             self.abstract_state, self.state_sharding)
 
-    def restore(self, mngr, step_number: int, iterator):
-        import orbax.checkpoint as ocp
-
+    def restore(self, store: checkpoint.CheckpointStore, step_number: int):
+        """(TrainState, next batch index, the checkpoint's run config) of one step."""
         abstract = self.abstract_with_shardings()
-        params_abstract = full_params(abstract)
-        args = {"params": ocp.args.StandardRestore(params_abstract),
-                "train": ocp.args.StandardRestore(_train_item(abstract))}
-        if iterator is not None:
-            import grain
+        with_next = "next_batch" in store.item_keys(step_number, "train")
+        out = store.restore(step_number, params=state_lib.pure_params(abstract),
+                            train=state_lib.train_item_template(abstract, with_next),
+                            config=True)
+        state, next_batch = state_lib.from_checkpoint(abstract, out["params"], out["train"])
+        return state, next_batch, out["config"]
 
-            args["data"] = grain.checkpoint.CheckpointRestore(iterator)
-        out = mngr.restore(step_number, args=ocp.args.Composite(**args))
-        train = out["train"]
-        state = abstract._replace(opt_state=train["opt_state"], step=train["step"],
-                                  rng=train["rng"], nonfinite=train["nonfinite"],
-                                  params=dict(abstract.params, loss=train["loss"]))
-        return with_params(state, out["params"])
+    def model(self, state: state_lib.TrainState):
+        return state_lib.model(self.graphdef, state)
 
     def compile(self, state, views):
         fn = step.make_train_step(self.graphdef, self.model_cfg, self.objective, self.tx,
@@ -260,99 +197,127 @@ class Trainer:
                          donate_argnums=0)
         return jitted.lower(state, views).compile()
 
+    # -- the loop ------------------------------------------------------------------------
     def train(self) -> dict:
         """Run (or resume) until total_steps; returns a small summary."""
         c = self.config
+        wall_start = time.perf_counter()
         main = multihost.is_main()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        resolved = run_config(c, self.model_cfg, self.objective.model_kind)
+        resolved = run_config.resolved(c, self.model_cfg)
         if main:
             (self.workdir / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
-        mngr = checkpoint.manager(self.workdir, keep=c.checkpoint.keep,
-                                  keep_every=c.checkpoint.keep_every,
-                                  async_save=c.checkpoint.async_save)
-        iterator = iter(self.pipeline.dataset)
+        store = checkpoint.CheckpointStore(self.workdir, run_config.checkpoint_policy(c))
         multihost.barrier("start")  # processes may be far apart after start-up and compiles
-        latest = mngr.latest_step()
-        if latest is not None:
-            state = self.restore(mngr, latest, iterator)
+        found = store.restore_latest(lambda s: self.restore(store, s), move_damaged=main)
+        multihost.barrier("checkpoint-restored")
+        store.manager.reload()  # damaged steps process 0 moved aside
+        if found is not None:
+            latest, (state, next_batch, saved_config) = found
             log.info("resumed from step %d", latest)
+            self._check_schedule(saved_config, int(jax.device_get(state.step)))
         else:
-            state = self.init_state()
+            state, next_batch = self.init_state(), 0
+        if next_batch:
+            from spacenit_jax.data.pipeline import make_pipeline
+
+            self.pipeline = make_pipeline(self.pipeline_config, self.model_cfg.layout,
+                                          start_batch=next_batch)
         start = int(jax.device_get(state.step))
         tracker = tracking.Tracker(self.workdir, total_steps=c.total_steps, config=resolved,
-                                   enabled=main, wandb_mode=c.wandb.mode,
-                                   wandb_project=c.wandb.project, wandb_entity=c.wandb.entity,
+                                   enabled=main, wandb=run_config.wandb_config(c),
                                    start_step=start)
-        evaluator = self._evaluator()
-        preempt = _Preemption()
-        compiled = None
-        pending = None
-        consecutive_skips = 0
-        last_time = time.perf_counter()
-        summary = {"start_step": start, "status": "completed"}
-        peak = c.peak_flops_per_device * jax.device_count()
+        peak = c.peak_flops_per_device or flops.peak_flops_per_device(
+            jax.devices()[0].device_kind)
+        self.hooks.add("checkpoint", store.policy.every,
+                       lambda info: self._save(store, info.state, next_batch_of(info),
+                                               resolved), at_stop=True)
+        self.hooks.add_metrics("log", c.log_every, tracker.log)
+        base_step, base_batch = start, next_batch
+
+        def next_batch_of(info: StepInfo) -> int:
+            return base_batch + info.step - base_step
+
+        preempt = PreemptionWatch(store.manager)
+        iterator = iter(self.pipeline.dataset)
+        counters = _Counters()
+        compiled = pending = None
+        compilations = 0
+        summary = {"workdir": str(self.workdir), "start_step": start, "status": "completed"}
         try:
+            last_time = time.perf_counter()
             for s in range(start, c.total_steps):
                 t0 = time.perf_counter()
                 host = next(iterator)
                 data_wait = time.perf_counter() - t0
+                expected = base_batch + s - start
+                if int(host["batch_index"]) != expected:
+                    raise RuntimeError(f"the data pipeline gave batch {int(host['batch_index'])}"
+                                       f" where batch {expected} was due")
                 views = {k: v for k, v in host.items() if k.startswith("view_")}
                 batch = global_batch(self.mesh, views)
+                compile_s = 0.0
                 if compiled is None:
                     before = tracing.trace_count("train_step")
+                    t1 = time.perf_counter()
                     compiled = self.compile(state, batch)
+                    compilations = tracing.trace_count("train_step") - before
                     multihost.barrier("step-compiled")  # enter the first collective together
+                    compile_s = time.perf_counter() - t1
                 state, metrics = compiled(state, batch)
                 info = self._host_info(host, views)
                 if pending is not None:
-                    consecutive_skips = self._log(tracker, pending, consecutive_skips, peak)
+                    self._finish(pending, counters, peak, final=False)
                 now = time.perf_counter()
-                pending = (s + 1, metrics, info, data_wait, now - last_time)
+                pending = (s + 1, metrics, info, data_wait, now - last_time - compile_s,
+                           compile_s)
                 last_time = now
-                if consecutive_skips > c.max_nonfinite_steps:
-                    summary["status"] = "nonfinite"
+                halted = self._halted(counters)
+                stop = (preempt.reached(s + 1) or s + 1 == c.stop_at_step
+                        or s + 1 == c.total_steps or halted is not None)
+                extra = self.hooks.run(StepInfo(s + 1, state, self.graphdef, final=stop))
+                if extra:
+                    tracker.log(s + 1, extra)
+                if halted is not None:
+                    summary["status"] = halted
                     break
-                stop = preempt.requested or s + 1 == c.stop_at_step
-                if jax.process_count() > 1 and (s + 1) % 10 == 0:
-                    stop = multihost.any_process(stop)
-                if (s + 1) % c.checkpoint.every == 0 or stop or s + 1 == c.total_steps:
-                    checkpoint.save(mngr, s + 1, params=full_params(state),
-                                    train=_train_item(state), data_iterator=iterator,
-                                    config=resolved, force=True)
-                if evaluator is not None:
-                    eval_metrics = evaluator.maybe_evaluate(
-                        s + 1, nnx.merge(self.graphdef, state.params["model"], state.target))
-                    if eval_metrics:
-                        tracker.log(s + 1, eval_metrics)
                 if stop:
-                    summary["status"] = "preempted"
+                    if s + 1 < c.total_steps:
+                        summary["status"] = "preempted"
                     break
             if pending is not None:
-                consecutive_skips = self._log(tracker, pending, consecutive_skips, peak)
-            if summary["status"] == "nonfinite" or consecutive_skips > c.max_nonfinite_steps:
+                self._finish(pending, counters, peak, final=True)
+            halted = self._halted(counters) if summary["status"] == "completed" else None
+            if halted is not None or summary["status"] in ("nonfinite", "tokenless"):
+                store.wait()
                 step_now = int(jax.device_get(state.step))
-                checkpoint.save(mngr, step_now, params=full_params(state),
-                                train=_train_item(state), data_iterator=iterator,
-                                config=resolved, force=True)
-                mngr.wait_until_finished()
-                raise NonFiniteLossError(
-                    f"{consecutive_skips} consecutive steps had a non-finite loss or gradient "
-                    f"(limit max_nonfinite_steps={c.max_nonfinite_steps}); checkpoint saved at "
-                    f"step {step_now} in {checkpoint.checkpoint_dir(self.workdir)}")
+                if step_now not in store.steps():
+                    self._save(store, state, base_batch + step_now - start, resolved)
+                    store.wait()
+                raise self._halt_error(halted or summary["status"], counters, step_now)
         finally:
-            mngr.wait_until_finished()
-            mngr.close()
+            store.close()
             tracker.close()
-            preempt.restore()
-        compilations = tracing.trace_count("train_step") - before if compiled is not None else 0
+            preempt.close()
         if compilations > 1:
             raise RuntimeError(f"the train step was compiled {compilations} times in one run")
         summary.update(final_step=int(jax.device_get(state.step)),
+                       final_loss=counters.last_loss,
                        step_compilations=compilations,
-                       nonfinite=int(jax.device_get(state.nonfinite)))
+                       nonfinite=int(jax.device_get(state.nonfinite)),
+                       tokenless_batches=counters.tokenless_total,
+                       mfu=(counters.last_mfu if peak else
+                            f"n/a (no known peak FLOP/s for {jax.devices()[0].device_kind}; "
+                            "set config.peak_flops_per_device)"),
+                       wall_time_s=round(time.perf_counter() - wall_start, 3))
         self.final_state = state
         return summary
+
+    # -- pieces of the loop --------------------------------------------------------------
+    def _save(self, store, state, next_batch: int, resolved: dict) -> None:
+        items = state_lib.checkpoint_items(state, next_batch)
+        store.save(int(jax.device_get(state.step)), params=items["params"],
+                   train=items["train"], config=resolved, force=True)
 
     def _host_info(self, host: dict, views: dict) -> dict:
         real = sum(int((v.tokens.segment >= 0).sum()) for v in views.values())
@@ -362,26 +327,76 @@ class Trainer:
                 "flops": flops.train_step_flops(self.model_cfg, views, self.objective.masked)
                 * jax.process_count()}
 
-    def _log(self, tracker, pending, consecutive_skips: int, peak: float) -> int:
-        step_number, metrics, info, data_wait, step_s = pending
+    def _finish(self, pending, counters: _Counters, peak: float | None, final: bool) -> None:
+        """Host-side work on a step's fetched metrics: fault counters, then the metrics
+        hooks (logging)."""
+        step_number, metrics, info, data_wait, step_s, compile_s = pending
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        consecutive_skips = consecutive_skips + 1 if m["skipped"] > 0 else 0
-        if step_number % self.config.log_every == 0 or step_number == self.config.total_steps:
-            m.update({"data/patch_size": info["patch_size"], "data/hw_p": info["hw_p"],
-                      "time/step_s": step_s, "time/data_wait_s": data_wait,
-                      "throughput/samples_per_s": info["samples"] / step_s,
-                      "throughput/tokens_per_s": info["input_tokens"] / step_s,
-                      "throughput/mfu": info["flops"] / step_s / peak,
-                      "nonfinite/consecutive": consecutive_skips})
-            tracker.log(step_number, m)
-        return consecutive_skips
+        counters.last_loss = m["loss"]
+        counters.nonfinite = counters.nonfinite + 1 if m["nonfinite"] > 0 else 0
+        if m["tokenless"] > 0:
+            counters.tokenless += 1
+            counters.tokenless_total += 1
+            log.warning("step %d: the batch has no real token (samples without sensor data?); "
+                        "update skipped, %d in a row (limit max_tokenless_steps=%d)",
+                        step_number, counters.tokenless, self.config.max_tokenless_steps)
+        else:
+            counters.tokenless = 0
+        m.update({"data/patch_size": info["patch_size"], "data/hw_p": info["hw_p"],
+                  "data/tokenless_batches": counters.tokenless_total,
+                  "time/step_s": step_s, "time/data_wait_s": data_wait,
+                  "throughput/samples_per_s": info["samples"] / step_s,
+                  "throughput/tokens_per_s": info["input_tokens"] / step_s,
+                  "nonfinite/consecutive": counters.nonfinite})
+        if peak:
+            m["throughput/mfu"] = info["flops"] / step_s / (peak * jax.device_count())
+            counters.last_mfu = m["throughput/mfu"]
+        if compile_s:
+            m["time/compile_s"] = compile_s
+        final = final or step_number == self.config.total_steps
+        self.hooks.run_metrics(step_number, m, final)
 
-    def _evaluator(self):
-        if not self.config.eval.tasks:
-            return None
-        from spacenit_jax.eval.hook import InLoopEvaluator
+    def _halted(self, counters: _Counters) -> str | None:
+        if counters.nonfinite > self.config.max_nonfinite_steps:
+            return "nonfinite"
+        if counters.tokenless > self.config.max_tokenless_steps:
+            return "tokenless"
+        return None
 
-        return InLoopEvaluator.from_config(self.config.eval, self.model_cfg, mesh=self.mesh)
+    def _halt_error(self, status: str, counters: _Counters, step_now: int) -> TrainingHalted:
+        where = (f"checkpoint saved at step {step_now} in "
+                 f"{checkpoint.checkpoint_dir(self.workdir)}")
+        if status == "nonfinite":
+            return NonFiniteLossError(
+                f"{counters.nonfinite} consecutive steps had a non-finite loss or gradient "
+                f"(limit max_nonfinite_steps={self.config.max_nonfinite_steps}); {where}")
+        return TokenlessDataError(
+            f"{counters.tokenless} consecutive batches had no real token, so nothing was "
+            f"learned (limit max_tokenless_steps={self.config.max_tokenless_steps}): the "
+            f"samples of {self.pipeline_config.path} hold no sensor data for the sensors "
+            f"{list(self.model_cfg.sensor_labels)} (every value missing or absent); {where}")
+
+    def _check_schedule(self, saved: dict, at_step: int) -> None:
+        """Warn when the resumed run's learning-rate schedule differs from the saved one."""
+        old_total = saved.get("total_steps")
+        opt = dict(saved.get("optimizer", {}))
+        if old_total is None or old_total == self.config.total_steps:
+            return
+        new_cfg = run_config.optimizer_config(self.config)
+        if new_cfg.schedule_steps is not None:
+            return  # the schedule's length is pinned explicitly
+        try:
+            old_cfg = run_config.build(type(new_cfg), opt)
+        except (TypeError, ValueError):
+            old_cfg = new_cfg
+        _, old = step.make_optimizer(old_cfg, old_total)
+        lr_old, lr_new = float(old(at_step)), float(self.schedule(at_step))
+        log.warning(
+            "total_steps changed from %d (checkpoint) to %d: the learning-rate schedule "
+            "stretches with it (next step's lr %.3g -> %.3g). To keep the old schedule, "
+            "resume with --config.optimizer.schedule_steps=%d (the lr then stays at its "
+            "floor after step %d)", old_total, self.config.total_steps, lr_old, lr_new,
+            old_total, old_total)
 
 
 def train(config: ConfigDict, workdir) -> dict:

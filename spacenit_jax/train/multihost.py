@@ -2,7 +2,7 @@
 
 Initialises when running under SLURM with several tasks, on a multi-host Cloud TPU VM,
 or when an explicit coordinator is given (SPACENIT_COORDINATOR / SPACENIT_NUM_PROCESSES /
-SPACENIT_PROCESS_ID, used by launch/local_multiprocess.sh to test several CPU processes
+SPACENIT_PROCESS_ID, used by launch/local_multiprocess.py to test several CPU processes
 on one machine). A single process needs nothing and starts nothing.
 """
 
@@ -12,7 +12,6 @@ import logging
 import os
 
 import jax
-import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +36,6 @@ def maybe_initialize() -> None:
 
 def is_main() -> bool:
     return jax.process_index() == 0
-
-
-def any_process(flag: bool) -> bool:
-    """True if the flag is set on any process (a cheap collective; call rarely)."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
 def barrier(name: str, timeout_s: float = 3600.0) -> None:

@@ -11,7 +11,9 @@
   dual_branch    latent prediction + 0.5 x reconstruction + 0.1 x InfoNCE.
 
 Every InfoNCE can use a learned temperature (`learn_temperature`): its log is a trained
-parameter (the original declares it learnable but never optimises it, spec quirk 3).
+parameter (the original declares it learnable but never optimises it: its temperature
+parameter is owned by the training runner, outside the optimised model, so it stays at its
+initial value).
 """
 
 from __future__ import annotations

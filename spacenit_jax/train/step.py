@@ -1,16 +1,15 @@
-"""Train state and the pure, jitted train step.
+"""The optimizer, its learning-rate schedule and the pure, jitted train step.
 
-The model is split once into a static graph definition and parameter states; the step
-is a pure function of pytrees (functional NNX): it merges the model inside, takes
-gradients with jax.value_and_grad, accumulates them over microbatches inside the step
-(lax.scan), applies AdamW, updates the EMA target, and skips the whole update (counting
-it) when the loss or the gradient norm is not finite.
+The model is split once into a static graph definition and its parameters (train.state);
+the step is a pure function of pytrees (functional NNX): it merges the model inside,
+takes gradients of the online parameters with jax.value_and_grad, accumulates them over
+microbatches inside the step (lax.scan), applies AdamW, updates the EMA targets, and skips
+the whole update (counting it) when the loss or the gradient norm is not finite.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,18 +20,7 @@ from spacenit_jax import tracing
 from spacenit_jax.model import models
 from spacenit_jax.model.config import ModelConfig
 from spacenit_jax.train import objectives
-
-TARGET_FILTER = nnx.All(nnx.Param, nnx.Any(nnx.PathContains("target_encoder"),
-                                           nnx.PathContains("target_proj")))
-
-
-class TrainState(NamedTuple):
-    params: Any  # {"model": online nnx.State, "loss": dict of loss parameters}
-    target: Any  # EMA target nnx.State (empty for models without a target)
-    opt_state: Any
-    step: jax.Array  # int32, optimizer steps done
-    rng: jax.Array  # uint32[2] raw key (checkpointable)
-    nonfinite: jax.Array  # int32, updates skipped because of a non-finite loss/gradient
+from spacenit_jax.train.state import TrainState, ema_update, merge_params, split_params, trainable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +34,9 @@ class OptimizerConfig:
     final_lr_fraction: float = 0.1  # cosine decays to this fraction of the peak
     max_grad_norm: float | None = 1.0
     decay_norms_and_biases: bool = True  # the original decays every parameter
+    # Length of the warm-up + cosine schedule; None: the run's total_steps. Set it to keep
+    # a schedule when extending total_steps on resume (the lr then stays at its floor).
+    schedule_steps: int | None = None
 
 
 def cosine_with_warmup(cfg: OptimizerConfig, total_steps: int):
@@ -63,7 +54,8 @@ def cosine_with_warmup(cfg: OptimizerConfig, total_steps: int):
 
 
 def make_optimizer(cfg: OptimizerConfig, total_steps: int):
-    schedule = cosine_with_warmup(cfg, total_steps)
+    """(AdamW with global-norm clipping, its learning-rate schedule)."""
+    schedule = cosine_with_warmup(cfg, cfg.schedule_steps or total_steps)
 
     mask = None if cfg.decay_norms_and_biases else (
         lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
@@ -73,22 +65,6 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int):
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, mask=mask))
     return optax.chain(*parts), schedule
-
-
-def split_model(model):
-    """(graphdef, online params State, EMA target params State)."""
-    graphdef, target, online = nnx.split(model, TARGET_FILTER, nnx.Param)
-    return graphdef, online, target
-
-
-def ema_update(target, online, momentum):
-    """target <- m * target + (1 - m) * online for each (online, target) module pair."""
-    out = jax.tree.map(lambda x: x, target)  # same State structure, new containers
-    for src, dst in models.EMA_PAIRS:
-        if dst in target:
-            out[dst] = jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o,
-                                    target[dst], online[src])
-    return out
 
 
 def microbatches(tree, num: int):
@@ -107,15 +83,16 @@ def microbatches(tree, num: int):
 
 def make_train_step(graphdef, model_cfg: ModelConfig, objective: objectives.ObjectiveConfig,
                     tx, schedule, num_microbatches: int = 1, mesh=None):
-    """The pure step function (jit it with the state and batch shardings).
+    """The pure train step (state, batch) -> (state, float32 metrics); jit it with the
+    run's shardings and donate the state.
 
     mesh: the mesh the step is compiled for. The model traces under it (as an abstract
     mesh), so its activation sharding constraints and the attention kernel's choice
     (splash on TPU, cuDNN on GPU) follow the mesh's devices, not the host's.
     """
-    def loss_fn(params, target, batch, key):
-        model = nnx.merge(graphdef, params["model"], target)
-        return objectives.compute_loss(objective, model, params["loss"], batch, rng=key)
+    def loss_fn(train_params, target, batch, key):
+        model = nnx.merge(graphdef, train_params["model"], target)
+        return objectives.compute_loss(objective, model, train_params["loss"], batch, rng=key)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -129,42 +106,48 @@ def make_train_step(graphdef, model_cfg: ModelConfig, objective: objectives.Obje
     def _train_step(state: TrainState, batch):
         rng, key = jax.random.split(state.rng)
         views = {k: v for k, v in batch.items() if k.startswith("view_")}
+        train_params = trainable(state.params, state.loss)
+        _, target = split_params(state.params)
         if num_microbatches == 1:
-            (loss, metrics), grads = grad_fn(state.params, state.target, views, key)
+            (loss, metrics), grads = grad_fn(train_params, target, views, key)
         else:
             keys = jax.random.split(key, num_microbatches)
             mbs = microbatches(views, num_microbatches)
 
             def body(carry, inputs):
-                (loss, metrics), grads = grad_fn(state.params, state.target, *inputs)
+                (loss, metrics), grads = grad_fn(train_params, target, *inputs)
                 return jax.tree.map(jnp.add, carry, (grads, loss, metrics)), None
 
             first = jax.tree.map(lambda x: x[0], mbs)
             (loss_s, metrics_s), grads_s = jax.eval_shape(
-                grad_fn, state.params, state.target, first, keys[0])
+                grad_fn, train_params, target, first, keys[0])
             zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                 (grads_s, loss_s, metrics_s))
             (grads, loss, metrics), _ = jax.lax.scan(body, zero, (mbs, keys))
             scale = 1.0 / num_microbatches
             grads, loss, metrics = jax.tree.map(lambda x: x * scale, (grads, loss, metrics))
         grad_norm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        tokens = token_metrics(views)
+        has_tokens = tokens["tokens/real"] > 0  # a batch without any real token teaches nothing
+        ok = finite & has_tokens
+        updates, opt_state = tx.update(grads, state.opt_state, train_params)
+        new = optax.apply_updates(train_params, updates)
         momentum = models.ema_momentum(model_cfg, state.step)
-        target = ema_update(state.target, params["model"], momentum)
+        params = merge_params(new["model"], ema_update(target, new["model"], momentum))
 
         def keep(new, old):
             return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
         new_state = TrainState(
-            params=keep(params, state.params), target=keep(target, state.target),
+            params=keep(params, state.params), loss=keep(new["loss"], state.loss),
             opt_state=keep(opt_state, state.opt_state), step=state.step + 1, rng=rng,
-            nonfinite=state.nonfinite + (~ok).astype(jnp.int32))
+            nonfinite=state.nonfinite + (~finite).astype(jnp.int32))
         metrics = dict(metrics)
         metrics.update(loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
-                       ema_momentum=momentum, skipped=(~ok).astype(jnp.float32))
-        metrics.update(token_metrics(views))
+                       ema_momentum=momentum, skipped=~ok, nonfinite=~finite,
+                       tokenless=~has_tokens)
+        metrics.update(tokens)
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
     return train_step
@@ -180,18 +163,3 @@ def token_metrics(views) -> dict:
     samples = jnp.sum(views["view_a"].sample_valid)
     return {"tokens/real": real, "tokens/padding_fraction": 1.0 - real / slots,
             "samples": samples}
-
-
-def init_train_state(model_cfg: ModelConfig, objective: objectives.ObjectiveConfig, tx, *,
-                     seed: int):
-    """A fresh TrainState (call under jax.jit with out_shardings to create it sharded)."""
-    model = models.build_model(model_cfg, objective.model_kind, seed=seed)
-    _, online, target = split_model(model)
-    params = {"model": online, "loss": objectives.init_loss_params(objective)}
-    return TrainState(params=params, target=target, opt_state=tx.init(params),
-                      step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(seed + 1),
-                      nonfinite=jnp.zeros((), jnp.int32))
-
-
-def abstract_model(model_cfg: ModelConfig, kind: str):
-    return nnx.eval_shape(lambda: models.build_model(model_cfg, kind))

@@ -8,6 +8,7 @@ crash made the run repeat) and any torn last line, so the file holds each step o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,11 +21,17 @@ import uuid
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled (the WANDB_MODE variable wins)
+    project: str = "spacenit-jax"
+    entity: str | None = None
+
+
 class Tracker:
     def __init__(self, workdir, *, total_steps: int, config: dict | None = None,
-                 enabled: bool = True, wandb_mode: str = "offline", wandb_project: str = "spacenit-jax",
-                 wandb_entity: str | None = None, run_name: str | None = None,
-                 progress: bool = True, start_step: int = 0):
+                 enabled: bool = True, wandb: WandbConfig = WandbConfig(),
+                 run_name: str | None = None, progress: bool = True, start_step: int = 0):
         self.workdir = pathlib.Path(workdir)
         self.enabled = enabled
         self.total_steps = total_steps
@@ -39,9 +46,9 @@ class Tracker:
         if path.exists():
             _truncate_after(path, start_step)
         self._file = open(path, "a", buffering=1)
-        mode = os.environ.get("WANDB_MODE", wandb_mode)
+        mode = os.environ.get("WANDB_MODE", wandb.mode)
         if mode != "disabled":
-            self._wandb = _start_wandb(self.workdir, mode, wandb_project, wandb_entity,
+            self._wandb = _start_wandb(self.workdir, mode, wandb.project, wandb.entity,
                                        run_name, config)
 
     def log(self, step: int, metrics: dict) -> None:

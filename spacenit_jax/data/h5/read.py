@@ -1,292 +1,44 @@
-"""The original's H5 training-data format: directory naming, writer and reader.
+"""Reading H5 sample directories: `H5Source`, a random-access source of samples.
 
-Layout (spec data §2.3-2.4), byte-compatible with OlmoEarth / SpaceNit conversions:
+`H5Source` pickles with paths and index arrays only; every read opens its file afresh
+(h5py handles must not cross `spawn`ed Grain workers, and opening per read keeps workers
+stateless). Reading is two-phase so that a crop reads only the pixels it needs:
+`read_header` loads timestamps, masks and shapes; a caller-chosen `CropWindow` then
+selects the hyperslab that `read` decodes.
 
-    <root>/h5py_data_w_missing_timesteps{_<compression>}{_<opts>}{_shuffle}_<tile>_x_<subtiles>/
-        <sorted labels joined by "_">{_required_<sorted required labels>}/<num_samples>/
-            sample_{i}.h5                one sample (subtile)
-            sample_metadata.csv          sample_index + one 0/1 column per supported sensor
-            latlon_distribution.npy      (N, 2) [lat, lon]
-            compression_settings.json    {"compression", "compression_opts", "shuffle"}
-
-`sample_{i}.h5` holds one dataset per present sensor in its stored axis order
-((H, W, T_s, C) space+time with only the present timesteps, (H, W, 1, C) space-only,
-(T_s, C) time-only), `latlon` (2,), `timestamps` (T_ref, 3) rows [day, month0, year],
-and a group `missing_timesteps_masks/` with one bool (T_ref,) dataset per space+time
-sensor. ABSENT (-99999) is never on disk: the reader materialises it.
-
-The reader (`H5Source`) is a random-access source that pickles with paths and index
-arrays only; every read opens its file afresh (h5py handles must not cross `spawn`ed
-Grain workers, and opening per read keeps workers stateless). Reading is two-phase so
-that a crop reads only the pixels it needs: `read_header` loads timestamps, masks and
-shapes; a caller-chosen `CropWindow` then selects the hyperslab that `read` decodes.
+What a read returns (the original GeoTileDataset's semantics):
+1. only the training sensors and `timestamps` are read (latlon only if it is a training
+   sensor), with the missing-timestep masks of the training sensors;
+2. temporal trim: when masks exist, timestamps are cut to [first, last], the first and
+   last reference timestep stored by any sensor;
+3. timestamps shorter than 12 rows are padded by repeating the last row; the length
+   before padding is the header's `current_length`;
+4. a training sensor absent from the file, or an absent timestep of a present one, is
+   filled with the missing value -99999 (sensors.MISSING_VALUE), in the reader's float
+   dtype; stored timesteps go to their mask positions.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
-import json
 import os
 import pathlib
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers the zstd / lz4 HDF5 filters on import)
 import numpy as np
 
 from spacenit_jax import sensors
-from spacenit_jax.sensors import MAX_TEMPORAL_DEPTH, MISSING_VALUE, SensorKind
-
-TOP_PREFIX = "h5py_data_w_missing_timesteps"
-MASKS_GROUP = "missing_timesteps_masks"
-METADATA_CSV = "sample_metadata.csv"
-LATLON_NPY = "latlon_distribution.npy"
-COMPRESSION_JSON = "compression_settings.json"
-COMPRESSIONS = ("gzip", "zstd", "lz4")
-META_KEYS = ("timestamps", "latlon")
-FINGERPRINT_VERSION = "v0.1"
-
-_TOP_RE = re.compile(
-    rf"^{TOP_PREFIX}(?:_(?P<comp>gzip|zstd|lz4))?(?:_(?P<opts>\d+))?(?P<shuffle>_shuffle)?"
-    r"_(?P<tile>\d+)_x_(?P<subtiles>\d+)$"
+from spacenit_jax.data.h5.layout import (
+    MASKS_GROUP,
+    METADATA_CSV,
+    H5FormatError,
+    parse_dataset_dir,
+    stored_shape_error,
 )
-
-
-class H5FormatError(ValueError):
-    """A file or directory does not follow the original's H5 format."""
-
-
-# --------------------------------------------------------------------------------------
-# Directory naming
-
-
-@dataclasses.dataclass(frozen=True)
-class CompressionSettings:
-    compression: str | None = None  # None, "gzip", "zstd" or "lz4"
-    compression_opts: int | None = None  # gzip level / zstd clevel
-    shuffle: bool | None = None
-    chunks: bool | tuple[int, ...] | None = None  # True: h5py auto; tuple: leading dims
-
-    def __post_init__(self):
-        if self.compression not in (None, *COMPRESSIONS):
-            raise ValueError(
-                f"compression must be one of None, {COMPRESSIONS}, got {self.compression!r}"
-            )
-
-    def to_json(self) -> dict:
-        return {"compression": self.compression, "compression_opts": self.compression_opts,
-                "shuffle": self.shuffle}
-
-    def dataset_kwargs(self, shape: tuple[int, ...]) -> dict:
-        """h5py create_dataset kwargs (spec §2.4 "Compression")."""
-        if self.compression is None:
-            return {}
-        if self.chunks is True:
-            chunks: bool | tuple[int, ...] = True
-        elif isinstance(self.chunks, tuple):
-            lead = tuple(min(c, s) for c, s in zip(self.chunks, shape, strict=False))
-            chunks = lead + tuple(shape[len(lead):])
-        else:
-            chunks = tuple(shape)
-        kw: dict = {"chunks": chunks if all(shape) else None}
-        if self.compression == "gzip":
-            kw.update(compression="gzip", compression_opts=self.compression_opts)
-            if self.shuffle:
-                kw["shuffle"] = True
-        elif self.compression == "zstd":
-            clevel = 3 if self.compression_opts is None else self.compression_opts
-            kw.update(hdf5plugin.Zstd(clevel=clevel))
-        else:
-            kw.update(hdf5plugin.LZ4(nbytes=0))
-        return kw
-
-
-def top_dir_name(tile_size: int, num_subtiles: int, settings: CompressionSettings) -> str:
-    name = TOP_PREFIX
-    if settings.compression is not None:
-        name += f"_{settings.compression}"
-    if settings.compression_opts is not None:
-        name += f"_{settings.compression_opts}"
-    if settings.shuffle is not None:  # the original appends it even for shuffle=False
-        name += "_shuffle"
-    return f"{name}_{tile_size}_x_{num_subtiles}"
-
-
-def sensor_dir_name(supported: Iterable[str], required: Iterable[str] = ()) -> str:
-    name = "_".join(sorted(supported))
-    required = sorted(required)
-    if required:
-        name += "_required_" + "_".join(required)
-    return name
-
-
-def dataset_dir(root, supported: Sequence[str], num_samples: int, tile_size: int,
-                num_subtiles: int, settings: CompressionSettings,
-                required: Sequence[str] = ()) -> pathlib.Path:
-    return (pathlib.Path(root) / top_dir_name(tile_size, num_subtiles, settings)
-            / sensor_dir_name(supported, required) / str(num_samples))
-
-
-def split_labels(joined: str, what: str = "directory name") -> tuple[str, ...]:
-    """Split "a_b_c" into registered sensor labels (labels contain underscores).
-
-    Longest label first with backtracking, so "sentinel2_l2a" is one label, not
-    "sentinel2" + "l2a".
-    """
-    parts = joined.split("_")
-    known = set(sensors.all_labels())
-
-    def solve(i: int) -> list[str] | None:
-        if i == len(parts):
-            return []
-        for j in range(len(parts), i, -1):
-            cand = "_".join(parts[i:j])
-            if cand in known:
-                rest = solve(j)
-                if rest is not None:
-                    return [cand, *rest]
-        return None
-
-    out = solve(0) if joined else None
-    if out is None:
-        raise H5FormatError(
-            f"{what} {joined!r} is not a '_'-joined list of sensor labels; known labels: "
-            f"{', '.join(sorted(known))}"
-        )
-    return tuple(out)
-
-
-@dataclasses.dataclass(frozen=True)
-class DirInfo:
-    """What the path of an H5 sample directory says about its content."""
-
-    path: pathlib.Path
-    num_samples: int
-    supported: tuple[str, ...]
-    required: tuple[str, ...]
-    tile_size: int | None  # None when the top directory is not in the standard form
-    num_subtiles: int | None
-    compression: str | None
-
-
-def parse_dataset_dir(path) -> DirInfo:
-    """Parse `<top>/<labels>/<num_samples>`; raises H5FormatError naming the bad part."""
-    path = pathlib.Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"H5 dataset directory {str(path)!r} does not exist")
-    if not path.name.isdigit():
-        raise H5FormatError(
-            f"H5 dataset directory {str(path)!r}: the last path component must be the sample "
-            f"count (an integer), got {path.name!r}; expected "
-            f".../{TOP_PREFIX}..._<tile>_x_<subtiles>/<labels>/<num_samples>"
-        )
-    sensor_part = path.parent.name
-    if "_required_" in sensor_part:
-        sup, req = sensor_part.split("_required_", 1)
-        required = split_labels(req, f"required-sensor part of {str(path.parent)!r}")
-    else:
-        sup, required = sensor_part, ()
-    supported = split_labels(sup, f"sensor directory {str(path.parent)!r}")
-    m = _TOP_RE.match(path.parent.parent.name)
-    tile = int(m["tile"]) if m else None
-    subtiles = int(m["subtiles"]) if m else None
-    comp = m["comp"] if m else None
-    return DirInfo(path, int(path.name), supported, required, tile, subtiles, comp)
-
-
-def fingerprint(info: DirInfo, dtype: str, filter_idx_file: str | None = None) -> str:
-    """The original's dataset fingerprint (SHA-256; checkpoint compatibility check)."""
-    mods = sorted({*info.supported, "latlon"})
-    s = (f"tile_path={info.path.parent.parent.parent},supported_modalities={mods},"
-         f"sample_size={info.num_samples},dtype={dtype}")
-    if filter_idx_file is not None:
-        s += f",filter_idx_file={filter_idx_file}"
-    return hashlib.sha256(s.encode()).hexdigest()
-
-
-# --------------------------------------------------------------------------------------
-# Writer
-
-
-@dataclasses.dataclass
-class H5Sample:
-    """One sample as stored: arrays in their on-disk axis order and native dtype."""
-
-    timestamps: np.ndarray  # (T_ref, 3) int [day, month0, year]
-    latlon: np.ndarray  # (2,) [lat, lon]
-    arrays: dict[str, np.ndarray]  # label -> stored array (present sensors only)
-    masks: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # (T_ref,) bool
-
-
-def stored_shape_error(label: str, shape: tuple[int, ...], mask: np.ndarray | None) -> str:
-    """'' if `shape` is a valid stored shape for `label`, else the reason."""
-    spec = sensors.get(label)
-    c = spec.num_channels
-    kind = spec.kind
-    shape = tuple(shape)
-    if not shape or shape[-1] != c:
-        return f"expected {c} channels ({', '.join(spec.bands)}) in the last axis, got shape {shape}"
-    if kind == SensorKind.SPACE_TIME:
-        if len(shape) != 4:
-            return f"expected (H, W, T, C) for a space+time sensor, got shape {shape}"
-        if mask is not None and int(np.sum(mask)) != shape[2]:
-            return (f"{shape[2]} stored timesteps but its missing-timestep mask has "
-                    f"{int(np.sum(mask))} present entries")
-    elif kind == SensorKind.SPACE:
-        if len(shape) != 4 or shape[2] != 1:
-            return f"expected (H, W, 1, C) for a space-only sensor, got shape {shape}"
-    elif kind == SensorKind.TIME:
-        if len(shape) != 2:
-            return f"expected (T, C) for a time-only sensor, got shape {shape}"
-    elif len(shape) != 1:
-        return f"expected (C,) for a constant sensor, got shape {shape}"
-    return ""
-
-
-def write_sample(path, sample: H5Sample, settings: CompressionSettings) -> None:
-    """Write one `sample_{i}.h5` exactly as the original's converter does."""
-    ts = np.asarray(sample.timestamps)
-    if ts.ndim != 2 or ts.shape[1] != 3:
-        raise ValueError(f"{path}: timestamps must be (T, 3) [day, month0, year], got {ts.shape}")
-    with h5py.File(path, "w") as f:
-        for label, arr in sample.arrays.items():
-            why = stored_shape_error(label, arr.shape, sample.masks.get(label))
-            if why:
-                raise ValueError(f"{path}: sensor {label!r}: {why}")
-            f.create_dataset(label, data=arr, **settings.dataset_kwargs(arr.shape))
-        f.create_dataset("latlon", data=np.asarray(sample.latlon, np.float32))
-        f.create_dataset("timestamps", data=ts)
-        if sample.masks:
-            g = f.create_group(MASKS_GROUP)
-            for label, m in sample.masks.items():
-                m = np.asarray(m, bool)
-                if m.shape != (ts.shape[0],):
-                    raise ValueError(
-                        f"{path}: missing-timestep mask of {label!r} must be ({ts.shape[0]},), "
-                        f"got {m.shape}")
-                g.create_dataset(label, data=m)  # masks are written uncompressed
-
-
-def write_metadata(directory, supported: Sequence[str], present: Sequence[Iterable[str]],
-                   latlons: np.ndarray, settings: CompressionSettings) -> None:
-    """sample_metadata.csv, latlon_distribution.npy and compression_settings.json."""
-    directory = pathlib.Path(directory)
-    with open(directory / METADATA_CSV, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["sample_index", *supported])
-        for i, labels in enumerate(present):
-            labels = set(labels)
-            w.writerow([i, *(int(lab in labels) for lab in supported)])
-    np.save(directory / LATLON_NPY, np.asarray(latlons, np.float32).reshape(-1, 2))
-    with open(directory / COMPRESSION_JSON, "w") as fh:
-        json.dump(settings.to_json(), fh)
-
-
-# --------------------------------------------------------------------------------------
-# Reader
+from spacenit_jax.sensors import MAX_TEMPORAL_DEPTH, MISSING_VALUE, SensorKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,11 +89,11 @@ def full_window(header: SampleHeader) -> CropWindow:
 
 @dataclasses.dataclass
 class Sample:
-    """A read sample: channel-last float arrays, ABSENT-filled, plus timestamps."""
+    """A read sample: channel-last float arrays (missing data = -99999), plus timestamps."""
 
     arrays: dict[str, np.ndarray]  # space+time (h,w,T,C); space (h,w,1,C); time (T,C); const (C,)
     timestamps: np.ndarray  # (T, 3)
-    missing: frozenset[str]  # sensors absent from the file (fully ABSENT)
+    missing: frozenset[str]  # sensors absent from the file (all -99999)
     path: str = ""
     index: int = -1
 
@@ -398,6 +150,7 @@ class H5Source:
     Item i reads `sample_{sample_indices[i]}.h5`. Pickles with paths and arrays only.
     """
 
+
     def __init__(self, path, sensor_labels: Sequence[str], dtype: str = "float32",
                  filter_idx_file: str | None = None, dataset_percentage: float = 1.0,
                  seed: int = 0):
@@ -415,11 +168,10 @@ class H5Source:
             )
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
-            # float16 cannot hold ABSENT (-99999 overflows to -inf); the original allows it.
+            # float16 cannot hold the missing value -99999 (it overflows to -inf).
             raise ValueError(f"reader dtype must be float32 or float64, got {dtype!r}")
         self.filter_idx_file = filter_idx_file
         self.sample_indices = self._prepare(filter_idx_file, dataset_percentage, seed)
-        self.fingerprint = fingerprint(self.info, str(self.dtype), filter_idx_file)
 
     # -- prepare --------------------------------------------------------------------
     def _read_metadata(self) -> tuple[list[str], np.ndarray]:
@@ -482,9 +234,10 @@ class H5Source:
     # -- per item ---------------------------------------------------------------------
     def read_header(self, f: h5py.File, path: str, datasets: dict | None = None
                     ) -> SampleHeader:
-        """Spec §2.5 steps 1-3: which sensors, temporal trim, timestamps padded to 12.
+        """Header of an open file: present sensors, temporal trim, timestamps padded to 12.
 
         `datasets`, if given, receives the opened sensor datasets (reused by the read).
+        Raises H5FormatError naming `path` when the file does not follow the format.
         """
         datasets = {} if datasets is None else datasets
         names = set(f.keys())
@@ -567,19 +320,13 @@ class H5Source:
 
     def read(self, i: int, choose_window: Callable[[SampleHeader], CropWindow] | None = None
              ) -> Sample:
-        """Read item i (spec §2.5 steps 1-5): ABSENT-filled channel-last float arrays.
+        """Read item i: channel-last float arrays, missing data filled with -99999.
 
         choose_window(header) picks the crop; None reads the whole sample (timesteps
         padded to >= 12). Raises H5FormatError / OSError naming the file on bad input.
         """
         path = self.file_path(i)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"H5 sample file {path} (item {i}) does not exist")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as e:
-            raise OSError(f"cannot open H5 sample file {path}: {e}") from None
-        with f:
+        with self._open(i) as f:
             try:
                 dsets: dict = {}
                 header = self.read_header(f, path, dsets)
@@ -633,14 +380,23 @@ class H5Source:
     def __getitem__(self, i: int) -> Sample:
         return self.read(i)
 
+    def _open(self, i: int) -> h5py.File:
+        path = self.file_path(i)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"H5 sample file {path} (item {i}) does not exist")
+        try:
+            return h5py.File(path, "r")
+        except OSError as e:
+            raise OSError(f"cannot open H5 sample file {path}: {e}") from None
+
+    def header(self, i: int) -> SampleHeader:
+        """The header of item i alone (no pixels decoded); errors as `read`'s."""
+        path = self.file_path(i)
+        with self._open(i) as f:
+            try:
+                return self.read_header(f, path)
+            except (OSError, KeyError, RuntimeError) as e:  # h5py's errors on corrupt files
+                raise OSError(f"cannot read H5 sample file {path}: {e}") from None
+
     def __repr__(self) -> str:
         return f"H5Source({self.path!r}, {len(self)} samples, sensors={list(self.sensor_labels)})"
-
-
-def read_all_present(source: H5Source, indices: Iterable[int]) -> Mapping[int, frozenset]:
-    """Which training sensors each item's file holds (for tests and tooling)."""
-    out = {}
-    for i in indices:
-        with h5py.File(source.file_path(i), "r") as f:
-            out[i] = frozenset(lab for lab in source.sensor_labels if lab in f)
-    return out
