@@ -19,6 +19,8 @@ import argparse
 import json
 import sys
 
+from spacenit_jax import cli
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m launch.convert",
@@ -77,11 +79,9 @@ def main(argv=None) -> int:
                 compression_opts=args.compression_opts, shuffle=shuffle,
                 workers=args.workers, overwrite=args.overwrite)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, OSError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {cli.one_line(err)}", file=sys.stderr)
         return 2
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
+    cli.print_notes(result.notes)
     for reason, n in sorted(result.dropped.items()):
         print(f"dropped: {reason}: {n}", file=sys.stderr)
     print(json.dumps(result.summary() | {"notes": len(result.notes)}))

@@ -23,6 +23,8 @@ import json
 import logging
 import sys
 
+from spacenit_jax import cli
+
 
 def _pairs(values, what: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
@@ -112,11 +114,9 @@ def main(argv=None) -> int:
             progress=not args.no_progress, use_months=not args.no_months, notes=notes,
             gdal_cache_mb=args.gdal_cache_mb)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {cli.one_line(err)}", file=sys.stderr)
         return 2
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
+    cli.print_notes(result.notes)
     print(json.dumps(result.summary()))
     return 0
 

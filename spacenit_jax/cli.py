@@ -178,6 +178,12 @@ def one_line(err: BaseException | str) -> str:
     return " | ".join(lines) or type(err).__name__
 
 
+def print_notes(notes: Sequence[str], kind: str = "note") -> None:
+    """Print each of `notes` on stderr as one `<kind>: ...` line."""
+    for note in notes:
+        print(f"{kind}: {one_line(note)}", file=sys.stderr)
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     tail = [line for line in lines if not line.startswith("Pass --help")]

@@ -46,3 +46,13 @@ def tiny_model(kind="latent_predictor", seed=0, sensors=(SENSOR,)):
     state = jax.tree_util.tree_map_with_path(lambda p, x: jax.numpy.asarray(_fill(p, x, rng)),
                                              state)
     return nnx.merge(graphdef, state)
+
+
+def tiny_workdir(path, step: int, kind="latent_predictor", sensors=(SENSOR,)):
+    """A parameters-only checkpoint of tiny_model(kind, sensors=sensors) at `step` in
+    `path` (a workdir that launch.evaluate and checkpoint.load_model read)."""
+    from spacenit_jax.checkpoint import write_params_checkpoint
+
+    params = nnx.to_pure_dict(nnx.state(tiny_model(kind, sensors=tuple(sensors)), nnx.Param))
+    write_params_checkpoint(path, params, run_config(kind, sensors), step=step)
+    return path

@@ -95,15 +95,9 @@ def test_errors(npz, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A parameters-only checkpoint of the tiny test model at step 7."""
-    from eval_tiny_model import run_config, tiny_model
-    from flax import nnx
+    from eval_tiny_model import tiny_workdir
 
-    from spacenit_jax.checkpoint import write_params_checkpoint
-
-    path = tmp_path_factory.mktemp("pretrain")
-    params = nnx.to_pure_dict(nnx.state(tiny_model(), nnx.Param))
-    write_params_checkpoint(path, params, run_config(), step=7)
-    return path
+    return tiny_workdir(tmp_path_factory.mktemp("pretrain"), step=7)
 
 
 SMALL = str(REPO / "configs/eval/synthetic.py:small")

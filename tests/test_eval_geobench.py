@@ -64,7 +64,8 @@ def test_sample_maps_bands_to_sentinel2_l2a_order_and_normalises(eurosat_root, d
     stored = np.stack(list(raw.bands.values()), axis=-1).astype(np.float64)  # 13 GeoBench bands
     assert geobench.GEOBENCH_S2_TO_SENTINEL2_L2A == (1, 2, 3, 7, 4, 5, 6, 8, 11, 12, 0, 9)
     reordered = stored[..., list(geobench.GEOBENCH_S2_TO_SENTINEL2_L2A)]
-    # COMPUTED normalisation, spec §3 numbers for B02 (first channel) and B09 (last)
+    # COMPUTED normalisation (mean - 2 std, scaled by 4 std) with the stored statistics of
+    # B02 (first channel) and B09 (last)
     b02 = (reordered[..., 0] - (1188.9412572078477 - 2 * 1859.1923971769581)) / (
         4 * 1859.1923971769581)
     np.testing.assert_allclose(sample.image[:, :, 0, 0], b02, rtol=1e-6)

@@ -51,10 +51,8 @@ def test_benv2_bands_labels_and_date(root):
     ds = geobench2.GeoBench2Dataset(root, "benv2", "valid")
     sample = ds[0]
     inner = ds.table.read(0)
-    with rasterio.open(inner[inner["tortilla:id"] == "s2"].iloc[0]["internal:subfile"]) as f:
-        s2 = f.read()
-    with rasterio.open(inner[inner["tortilla:id"] == "s1"].iloc[0]["internal:subfile"]) as f:
-        s1 = f.read()
+    s2 = _tif(inner, "s2")
+    s1 = _tif(inner, "s1")
     stored = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
     order = sensors.SENTINEL2_L2A.bands
     for band in ("B02", "B8A", "B12", "B01"):
@@ -69,6 +67,12 @@ def test_benv2_bands_labels_and_date(root):
     when = datetime.datetime.fromtimestamp(float(inner.iloc[0]["stac:time_start"]),
                                            datetime.UTC).date()
     np.testing.assert_array_equal(sample.timestamps, [[when.day, when.month - 1, when.year]])
+
+
+def _tif(inner, item: str):
+    """The stored GeoTIFF `item` of a sample's inner table, as (bands, H, W)."""
+    with rasterio.open(inner[inner["tortilla:id"] == item].iloc[0]["internal:subfile"]) as f:
+        return f.read()
 
 
 def _h5(ds, inner, item):
@@ -116,8 +120,7 @@ def test_treesatai_recovers_the_6x6_sentinel2_patch(root):
     ds = geobench2.GeoBench2Dataset(root, "treesatai", "train")
     sample = ds[0]
     inner = ds.table.read(0)
-    with rasterio.open(inner[inner["tortilla:id"] == "s2"].iloc[0]["internal:subfile"]) as f:
-        s2 = f.read()
+    s2 = _tif(inner, "s2")
     assert s2.shape == (12, 304, 304) and sample.image.shape == (6, 6, 1, 12)
     starts = np.ceil(np.arange(6) * 304 / 6).astype(int)
     for i in range(6):  # each value is the whole 50-51 pixel block
@@ -129,8 +132,7 @@ def test_treesatai_recovers_the_6x6_sentinel2_patch(root):
     assert sorted(np.flatnonzero(sample.label)) == sorted(
         geobench2.TREESATAI_CLASSES.index(n) for n in species)
     aerial = geobench2.GeoBench2Dataset(root, "treesatai", "train", inputs=("aerial",))[0]
-    with rasterio.open(inner[inner["tortilla:id"] == "aerial"].iloc[0]["internal:subfile"]) as f:
-        cir = f.read()  # NIR, G, B, R
+    cir = _tif(inner, "aerial")  # NIR, G, B, R
     assert aerial.sensor == "naip" and aerial.image.shape == (304, 304, 1, 4)
     np.testing.assert_allclose(aerial.image[:, :, 0, 0], _normalised("naip", "R", cir[3]),
                                rtol=1e-5, atol=1e-6)

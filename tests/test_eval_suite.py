@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from eval_tiny_model import run_config, tiny_model
+from eval_tiny_model import tiny_model
 
 from launch import evaluate
 from spacenit_jax.eval import suite, tasks
@@ -27,14 +27,9 @@ def quick_settings(**fields):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A parameters-only checkpoint of the tiny sentinel2_l2a model."""
-    from flax import nnx
+    from eval_tiny_model import tiny_workdir
 
-    from spacenit_jax.checkpoint import write_params_checkpoint
-
-    path = tmp_path_factory.mktemp("pretrain")
-    params = nnx.to_pure_dict(nnx.state(tiny_model(), nnx.Param))
-    write_params_checkpoint(path, params, run_config(), step=3)
-    return path
+    return tiny_workdir(tmp_path_factory.mktemp("pretrain"), step=3)
 
 
 def test_geobench_suite_from_the_command_line(workdir, data_dir, tmp_path, capsys):

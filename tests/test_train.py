@@ -104,7 +104,11 @@ def test_hard_kill_then_resume_recomputes_the_lost_steps_exactly(tmp_path, datas
     with open(log, "wb") as fh:  # a file, not a pipe: a full pipe would stall the run
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
         deadline = time.time() + 600
-        while not metrics.exists() or metrics.read_text().count('"loss"') < 8:
+        # kill once step 7 is logged and the step-5 checkpoint is committed (Orbax renames
+        # its temporary folder to "5"; asynchronous, so on a loaded machine that may happen
+        # a few steps after step 5)
+        while (not metrics.exists() or metrics.read_text().count('"loss"') < 8
+               or not (tmp_path / "checkpoints" / "5").is_dir()):
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.01)
         proc.kill()

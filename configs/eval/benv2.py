@@ -13,12 +13,5 @@ Data: <root>/benv2/*.tortilla ($GEOBENCH2_DIR when dataset.root is unset).
 
 from spacenit_jax.eval import tasks
 
-
-def get_config(arg=None):
-    if arg not in (None, "", "s2", "s1"):
-        raise ValueError(f"configs/eval/benv2.py: unknown arg {arg!r}; use no arg, 's2' or 's1'")
-    cfg = tasks.benchmark_config("benv2", "geobench2", embedding_batch_size=64)
-    if arg:
-        cfg.dataset.inputs = (arg,)
-    cfg.lock()
-    return cfg
+get_config = tasks.config_file(
+    "benv2", "geobench2", inputs=("s2", "s1"), embedding_batch_size=64)

@@ -12,11 +12,6 @@ Data: <root>/classification_v1.0/m-bigearthnet/ ($GEOBENCH_DIR when dataset.root
 
 from spacenit_jax.eval import tasks
 
-
-def get_config(arg=None):
-    if arg not in (None, ""):
-        raise ValueError(f"configs/eval/m_bigearthnet.py takes no arg, got {arg!r}")
-    cfg = tasks.benchmark_config("m-bigearthnet")
-    cfg.embedding_batch_size = 64  # the reference's batch for this task
-    cfg.lock()
-    return cfg
+# the reference's embedding batch for this task
+get_config = tasks.config_file(
+    "m-bigearthnet", embedding_batch_size=64)

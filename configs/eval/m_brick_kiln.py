@@ -12,10 +12,4 @@ Data: <root>/classification_v1.0/m-brick-kiln/ ($GEOBENCH_DIR when dataset.root 
 
 from spacenit_jax.eval import tasks
 
-
-def get_config(arg=None):
-    if arg not in (None, ""):
-        raise ValueError(f"configs/eval/m_brick_kiln.py takes no arg, got {arg!r}")
-    cfg = tasks.benchmark_config("m-brick-kiln")
-    cfg.lock()
-    return cfg
+get_config = tasks.config_file("m-brick-kiln")

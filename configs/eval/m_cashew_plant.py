@@ -11,10 +11,4 @@ Data: <root>/segmentation_v1.0/m-cashew-plant/ ($GEOBENCH_DIR when dataset.root 
 
 from spacenit_jax.eval import tasks
 
-
-def get_config(arg=None):
-    if arg not in (None, ""):
-        raise ValueError(f"configs/eval/m_cashew_plant.py takes no arg, got {arg!r}")
-    cfg = tasks.benchmark_config("m-cashew-plant")
-    cfg.lock()
-    return cfg
+get_config = tasks.config_file("m-cashew-plant")

@@ -13,11 +13,6 @@ Data: <root>/classification_v1.0/m-forestnet/ ($GEOBENCH_DIR when dataset.root i
 
 from spacenit_jax.eval import tasks
 
-
-def get_config(arg=None):
-    if arg not in (None, ""):
-        raise ValueError(f"configs/eval/m_forestnet.py takes no arg, got {arg!r}")
-    cfg = tasks.benchmark_config("m-forestnet")
-    cfg.embedding_batch_size = 64  # the reference's batch for this task
-    cfg.lock()
-    return cfg
+# the reference's embedding batch for this task
+get_config = tasks.config_file(
+    "m-forestnet", embedding_batch_size=64)

@@ -12,10 +12,4 @@ Data: <root>/segmentation_v1.0/m-nz-cattle/ ($GEOBENCH_DIR when dataset.root is 
 
 from spacenit_jax.eval import tasks
 
-
-def get_config(arg=None):
-    if arg not in (None, ""):
-        raise ValueError(f"configs/eval/m_nz_cattle.py takes no arg, got {arg!r}")
-    cfg = tasks.benchmark_config("m-nz-cattle")
-    cfg.lock()
-    return cfg
+get_config = tasks.config_file("m-nz-cattle")

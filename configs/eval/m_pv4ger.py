@@ -12,10 +12,4 @@ Data: <root>/classification_v1.0/m-pv4ger/ ($GEOBENCH_DIR when dataset.root is u
 
 from spacenit_jax.eval import tasks
 
-
-def get_config(arg=None):
-    if arg not in (None, ""):
-        raise ValueError(f"configs/eval/m_pv4ger.py takes no arg, got {arg!r}")
-    cfg = tasks.benchmark_config("m-pv4ger")
-    cfg.lock()
-    return cfg
+get_config = tasks.config_file("m-pv4ger")

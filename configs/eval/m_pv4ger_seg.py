@@ -11,10 +11,4 @@ Data: <root>/segmentation_v1.0/m-pv4ger-seg/ ($GEOBENCH_DIR when dataset.root is
 
 from spacenit_jax.eval import tasks
 
-
-def get_config(arg=None):
-    if arg not in (None, ""):
-        raise ValueError(f"configs/eval/m_pv4ger_seg.py takes no arg, got {arg!r}")
-    cfg = tasks.benchmark_config("m-pv4ger-seg")
-    cfg.lock()
-    return cfg
+get_config = tasks.config_file("m-pv4ger-seg")

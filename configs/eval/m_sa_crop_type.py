@@ -12,10 +12,4 @@ Data: <root>/segmentation_v1.0/m-SA-crop-type/ ($GEOBENCH_DIR when dataset.root 
 
 from spacenit_jax.eval import tasks
 
-
-def get_config(arg=None):
-    if arg not in (None, ""):
-        raise ValueError(f"configs/eval/m_sa_crop_type.py takes no arg, got {arg!r}")
-    cfg = tasks.benchmark_config("m-SA-crop-type")
-    cfg.lock()
-    return cfg
+get_config = tasks.config_file("m-SA-crop-type")

@@ -13,13 +13,5 @@ Data: <root>/pastis/*.tortilla ($GEOBENCH2_DIR when dataset.root is unset).
 
 from spacenit_jax.eval import tasks
 
-
-def get_config(arg=None):
-    if arg not in (None, "", "s2", "s1_asc", "s1_desc"):
-        raise ValueError(f"configs/eval/pastis.py: unknown arg {arg!r}; use no arg, 's2', "
-                         "'s1_asc' or 's1_desc'")
-    cfg = tasks.benchmark_config("pastis", "geobench2", embedding_batch_size=16)
-    if arg:
-        cfg.dataset.inputs = (arg,)
-    cfg.lock()
-    return cfg
+get_config = tasks.config_file(
+    "pastis", "geobench2", inputs=("s2", "s1_asc", "s1_desc"), embedding_batch_size=16)

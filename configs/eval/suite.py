@@ -2,7 +2,7 @@ r"""Settings applied to every task of a suite run (`launch.evaluate --suite ...`
 
     python -m launch.evaluate --checkpoint WORKDIR --suite geobench --data-root DIR \
         [--mode knn|linear_probe|finetune] [--config.dataset.partition=0.10x_train] \
-        [--config.knn.k=10] [--config.tasks="('m-eurosat', 'm-so2sat')"]
+        [--config.knn.k=10] [--config.tasks="('m-eurosat", "m-so2sat')"]
 
 A field left unset (None) keeps each task's own value (configs/eval/<task>.py); a set field
 overrides it in every task that has the field (dataset.partition only touches GeoBench v1

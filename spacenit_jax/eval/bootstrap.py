@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals over test predictions (spec §9.5).
+"""Bootstrap confidence intervals over test predictions, as the original reports them.
 
 Predictions are computed once on the full test set; each resample draws n_test indices with
 replacement from numpy's PCG64(seed) generator and recomputes the metric on them. Reported:

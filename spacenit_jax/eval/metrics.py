@@ -3,7 +3,7 @@
 Everything is written with `jax.numpy` and without data-dependent shapes (masks instead of
 boolean indexing), so the same functions score inside a jitted training loop (best-on-val
 selection) and on host arrays afterwards; each is jitted so host-side scoring is one compiled
-call rather than a string of eagerly dispatched ops. Definitions follow the reference (spec §9.5):
+call rather than a string of eagerly dispatched ops. Definitions are the original's:
 
 - confusion matrix over pixels whose label is not the ignore index (-1);
 - IoU_c = tp/(tp+fp+fn+1e-8), mIoU = mean over classes with union > 0;

@@ -39,7 +39,7 @@ import dataclasses
 import importlib.util
 import pathlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from ml_collections import config_dict
@@ -168,6 +168,25 @@ def benchmark_config(name: str, suite: str = "geobench", **fields) -> config_dic
     for key, value in fields.items():
         cfg[key] = value
     return cfg
+
+
+def config_file(name: str, suite: str = "geobench", *, inputs: Sequence[str] = (),
+                **fields) -> Callable[[str | None], config_dict.ConfigDict]:
+    """The `get_config(arg)` of a benchmark task's config file (configs/eval/<task>.py):
+    the task's `benchmark_config(name, suite, **fields)`, locked. `inputs` are the args the
+    file accepts, each restricting `dataset.inputs` to that one input (e.g. "s2"); no arg:
+    the task's default inputs. Any other arg is a ValueError naming the accepted ones."""
+    def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+        if arg not in (None, "", *inputs):
+            accepted = ", ".join(["no arg", *(repr(i) for i in inputs)])
+            raise ValueError(f"task {name}: unknown config arg {arg!r}; use {accepted}")
+        cfg = benchmark_config(name, suite, **fields)
+        if arg:
+            cfg.dataset.inputs = (arg,)
+        cfg.lock()
+        return cfg
+
+    return get_config
 
 
 def as_task_config(task) -> config_dict.ConfigDict:

@@ -130,14 +130,6 @@ class Encoded:
 # --------------------------------------------------------------------------- device side
 
 
-@dataclasses.dataclass(frozen=True)
-class _Options:
-    cfg: ModelConfig
-    patch_size: int
-    pooling: str
-    gsd: float | None = None
-
-
 def _mark_missing_patches(cfg: ModelConfig, images, patch_size: int):
     """Per sensor: (image with every pixel of a patch holding a missing pixel set to
     MISSING_VALUE, the same image with those pixels set to 0). The first finds ABSENT
@@ -170,7 +162,7 @@ def _group_means(x, present, slot, num_slots: int):
     return mean, count
 
 
-def encode_device(parts, images, months, opts: _Options):
+def encode_device(parts, images, months, opts: features.EncodeOptions):
     """The jitted body: images dict label -> (B, H, W, T, C) space+time or (B, H, W, C)
     space-only, normalised, MISSING_VALUE at missing pixels."""
     cfg, p = opts.cfg, opts.patch_size
@@ -214,7 +206,7 @@ def encode_device(parts, images, months, opts: _Options):
 
 @partial(jax.jit, static_argnums=(0, 4))
 @tracing.counted(TRACE_NAME)
-def _encode_jit(graphdef, state, images, months, opts: _Options):
+def _encode_jit(graphdef, state, images, months, opts: features.EncodeOptions):
     return encode_device(nnx.merge(graphdef, state), images, months, opts)
 
 
@@ -406,7 +398,7 @@ class InferenceModel:
             if len(set(grids.values())) > 1:
                 raise ValueError(f"pooling 'spatial' needs one patch grid for every sensor, "
                                  f"got {grids}")
-        opts = _Options(self.cfg, p, pooling, None if gsd is None else float(gsd))
+        opts = features.EncodeOptions(self.cfg, p, pooling, None if gsd is None else float(gsd))
         images = {k: self._put(v) for k, v in prepared.items()}
         m = None if months is None else self._put(np.asarray(months))
         return _encode_jit(self._graphdef, self._state, images, m, opts)

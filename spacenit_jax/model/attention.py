@@ -216,7 +216,8 @@ def _per_head(fn, masks, *arrays):
     """lax.map of fn over (row, key/value head) pairs: small working sets stay in cache.
     masks: (q segments, kv segments, extra mask or None), one per row."""
     r, kv = arrays[0].shape[:2]
-    sq, skv, extra = masks
+    # segment ids may arrive as host (numpy) constants: index them as device arrays
+    sq, skv, extra = (None if m is None else jnp.asarray(m) for m in masks)
     flat = [a.reshape(r * kv, 1, *a.shape[2:]) for a in arrays]
 
     def one(i_and_slices):
