@@ -6,7 +6,7 @@ crop size of a batch, so the train step compiles once.
 A *row* holds the tokens of one or more samples; `segment` says which sample (slot
 0..K-1 within the row) a token belongs to, -1 marks padding. Attention, pooling and
 losses never cross segments. A *view* has three aligned token streams (the same samples
-in the same rows, spec of DESIGN.md "The data path"):
+in the same rows; README "Design", token-budgeted packing):
 
   tokens   every non-ABSENT token with its pixels (what the target encoder sees);
   online   VISIBLE tokens (what the online encoder sees), as indices into `tokens`;

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -71,7 +72,14 @@ def mesh_shape(num_devices: int, data: int = -1, fsdp: int = 1, tensor: int = 1)
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
     devices = jax.devices() if devices is None else list(devices)
     shape = mesh_shape(len(devices), data, fsdp, tensor)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    except (ValueError, NotImplementedError):
+        # No subset of the physical axes has each mesh axis' size (e.g. fsdp=8 on the 4x4x4
+        # torus of a v5p-128): split physical axes, as MaxText allows. Correct, but an axis
+        # spread over parts of several torus dimensions has slower collectives.
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
 def spec_for(mesh: Mesh, logical: Sequence[str | None] | None, shape: Sequence[int],

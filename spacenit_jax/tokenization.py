@@ -5,7 +5,7 @@ host cuts patches and computes per-token ids with these functions, and the model
 image-level entry point calls the very same functions (with `xp=jax.numpy`, ids as
 trace-time numpy constants), so both entry points agree by construction.
 
-Token order of one sample is the original's (reference-model spec section 3.4): for each
+Token order of one sample is the original's (its tokenizer's output order): for each
 configured sensor present, in configuration order, one sensor-type token, then its patch
 tokens ordered time-major, then spectral group, then patch row, then patch column.
 

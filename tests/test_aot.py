@@ -141,3 +141,16 @@ def test_command_line_errors_are_one_line():
     proc = run("--config", "configs/nano.py:smoke", "--target", "v9-8")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown target 'v9-8'")
+
+
+@needs_tpu
+def test_meshes_that_split_the_torus_axes():
+    """fsdp=8 x data=8 on v5p-128's 4x4x4 torus: no subset of the physical axes has size 8,
+    so the mesh splits physical axes instead of failing."""
+    from spacenit_jax import sharding
+
+    devices = aot_compile.target_devices(aot_compile.get_target("v5p-128"))
+    for fsdp in (8, 16, 32, 64):
+        mesh = sharding.make_mesh(data=-1, fsdp=fsdp, devices=devices)
+        assert dict(mesh.shape) == {"data": 64 // fsdp, "fsdp": fsdp, "tensor": 1}
+        assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)

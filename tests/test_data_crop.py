@@ -14,7 +14,7 @@ PATCH_TOKENS = [78, 312, 702, 1248, 1950, 2160, 2058, 1920, 1944, 1800, 2178, 17
 WITH_TYPE = [87, 321, 711, 1257, 1959, 2169, 2067, 1929, 1953, 1809, 2187, 1737]
 
 
-def test_budget_table_matches_spec():
+def test_budget_table_matches_the_originals():
     table = budget.token_table(NANO, 2250, range(1, 13))
     assert [table[h][0] for h in range(1, 13)] == T_OUT
     assert [table[h][1] for h in range(1, 13)] == PATCH_TOKENS

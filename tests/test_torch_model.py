@@ -206,7 +206,7 @@ def _head_nano_encoder_spec() -> dict[str, tuple[int, ...]]:
     return out
 
 
-def test_head_nano_encoder_keys_match_spec_13_1():
+def test_head_nano_encoder_keys_match_the_originals():
     enc = tm.Encoder(make_config("reference_head", "nano"))
     got = tm.state_dict_shapes(enc)
     expected = _head_nano_encoder_spec()
@@ -216,7 +216,7 @@ def test_head_nano_encoder_keys_match_spec_13_1():
     assert enc.patch_size == 8
 
 
-def test_v1_nano_encoder_keys_match_spec_13_2():
+def test_v1_nano_encoder_keys_match_the_originals():
     enc = tm.Encoder(make_config("reference_v1", "nano"), dropout=0.0)
     got = tm.state_dict_shapes(enc)
     d = 128
@@ -244,7 +244,7 @@ def test_v1_nano_encoder_keys_match_spec_13_2():
     assert got == expected and len(got) == 66
 
 
-def test_nano_decoder_and_heads_keys_match_spec_13_3():
+def test_nano_decoder_and_heads_keys_match_the_originals():
     for preset, hidden in (("reference_head", 341), ("reference_v1", 344)):
         with torch.device("meta"):
             model = tm.LatentPredictor(make_config(preset, "nano"))
@@ -275,7 +275,7 @@ def test_nano_decoder_and_heads_keys_match_spec_13_3():
 
 
 @pytest.mark.parametrize("preset", ["reference_head", "reference_v1"])
-def test_other_model_key_templates_13_4(preset):
+def test_other_model_key_templates(preset):
     cfg = make_config(preset, "nano", axial_depth=2)
     with torch.device("meta"):
         ae = tm.AutoEncoder(cfg)

@@ -1,6 +1,6 @@
 """The packing plan: fixed row geometry of every batch of a run.
 
-Row structure (DESIGN.md "The data path"): a batch with crop size hw_p holds
+Row structure (README "Design", token-budgeted packing): a batch with crop size hw_p holds
 k(hw_p) samples per row and R rows. All samples of such a batch have the same token
 count without missing data, n(hw_p) (`budget.hw_shape`: patch tokens + one type token
 per sensor), and the masking strategy bounds how many of them are VISIBLE (v) or

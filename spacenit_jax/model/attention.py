@@ -13,10 +13,11 @@ gradient flows through it.
 Kernels (`impl`):
   "xla"      jax.nn.dot_product_attention with the boolean mask materialised, on any
              platform: the reference.
-  "rowwise"  the CPU kernel: one (row, key/value head) at a time (lax.map); the mask is
-             built from the segment ids inside the loop and the backward recomputes the
-             probabilities from the saved log-sum-exp (custom VJP), so no (heads, L, L)
-             tensor is kept. XLA's generic attention on the CPU is several times slower.
+  "rowwise"  the CPU kernel: one (row, key/value head) at a time (lax.map) over a boolean
+             (R, L, L) mask built once per call from the segment ids; the backward
+             recomputes the probabilities from the saved log-sum-exp (custom VJP), so no
+             (heads, L, L) float tensor is kept. XLA's generic attention on the CPU is
+             several times slower.
   "splash"   TPU: the Pallas splash-attention kernel with segment ids, made block-sparse
              per row: a (query block, key block) tile is skipped when the two blocks'
              segment ranges do not overlap, so a row packed with k samples costs about
@@ -109,14 +110,14 @@ def dot_product_attention(q, k, v, seg: Segments, impl: str | None = None):
 
 
 def _has_key(seg: Segments):
-    """(R, Lq) True where a query has at least one allowed key."""
-    if seg.mask is not None:
+    """(R, Lq) True where a query has at least one allowed key. With a bound on the
+    segment ids, from which segments occur among each row's keys ((R, Lk, S) compares);
+    else from the dense mask. (A scatter-based bincount was slower on the CPU.)"""
+    if seg.mask is not None or seg.num_segments is None:
         return jnp.any(seg.dense(), axis=-1)
-    bins = max(seg.q.shape[1], seg.kv.shape[1]) + 1
-    counts = jax.vmap(lambda s: jnp.bincount(jnp.where(s >= 0, s, bins - 1), length=bins))(
-        seg.kv)
-    idx = jnp.clip(seg.q, 0, bins - 2)
-    return (seg.q >= 0) & (jnp.take_along_axis(counts, idx, axis=1) > 0)
+    present = jnp.any(seg.kv[:, :, None] == jnp.arange(seg.num_segments), axis=1)  # (R, S)
+    idx = jnp.clip(seg.q, 0, seg.num_segments - 1)
+    return (seg.q >= 0) & jnp.take_along_axis(present, idx, axis=1)
 
 
 def _per_device(kernel, q, k, v, seg: Segments):
@@ -182,12 +183,6 @@ def _heads_last(x, length):
         length, -1, d)
 
 
-def _row_mask(sq, skv, extra):
-    """One row's (Lq, Lk) mask from its segment ids (and an optional extra mask)."""
-    m = (sq[:, None] == skv[None, :]) & (sq[:, None] >= 0)
-    return m if extra is None else m & extra
-
-
 def _scores(q, k, mask):
     """One row: q (K, G*L, d), k (K, M, d), mask (L, M) -> masked float32 scores (K, G*L, M)."""
     scale = 1.0 / np.sqrt(q.shape[-1])
@@ -216,15 +211,15 @@ def _per_head(fn, masks, *arrays):
     """lax.map of fn over (row, key/value head) pairs: small working sets stay in cache.
     masks: (q segments, kv segments, extra mask or None), one per row."""
     r, kv = arrays[0].shape[:2]
-    # segment ids may arrive as host (numpy) constants: index them as device arrays
     sq, skv, extra = (None if m is None else jnp.asarray(m) for m in masks)
+    # Every row's mask, built once per call (R x Lq x Lk booleans, small on a CPU host):
+    # built inside the loop instead, XLA:CPU ran the attention about 3x slower.
+    dense = Segments(sq, skv, extra).dense()
     flat = [a.reshape(r * kv, 1, *a.shape[2:]) for a in arrays]
 
     def one(i_and_slices):
         i, *xs = i_and_slices
-        row = i // kv
-        mask = _row_mask(sq[row], skv[row], None if extra is None else extra[row])
-        return fn(*xs[:3], mask, *xs[3:])
+        return fn(*xs[:3], dense[i // kv], *xs[3:])
 
     out = jax.lax.map(one, (jnp.arange(r * kv), *flat))
     return jax.tree.map(lambda o: o.reshape(r, kv, *o.shape[2:]), out)
