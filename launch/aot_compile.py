@@ -243,6 +243,7 @@ class Setup:
     batch: dict
     compile_cpu_s: float = 0.0  # CPU time of the last compile (all threads)
     lower_s: float = 0.0  # of which tracing and lowering to StableHLO (wall)
+    tile_size: int | None = None  # the stored tile edge the plan was built for
 
 
 def build(config, target: Target, tile_size: int | None = None, devices=None) -> Setup:
@@ -272,7 +273,8 @@ def build(config, target: Target, tile_size: int | None = None, devices=None) ->
         raise ValueError(f"{rows // parallel} rows per device cannot be split into "
                          f"{config.microbatches} microbatches")
     pcfg = run_config.pipeline_config(config, config.data.path or "<synthetic>", objective)
-    plan, _, _ = pipeline.make_plan(pcfg, model_cfg.layout, tile_size_for(config, tile_size))
+    tile_size = tile_size_for(config, tile_size)
+    plan, _, _ = pipeline.make_plan(pcfg, model_cfg.layout, tile_size)
     loop.check_position_limits(model_cfg, plan)
     tx, schedule = step.make_optimizer(run_config.optimizer_config(config), config.total_steps)
     init = functools.partial(state_lib.init_train_state, model_cfg, objective, tx, seed=config.seed)
@@ -288,7 +290,7 @@ def build(config, target: Target, tile_size: int | None = None, devices=None) ->
     names = ["view_a", "view_b"][:objective.num_views]
     batch = {name: jax.tree.map(global_leaf, view) for name in names}
     return Setup(config, target, mesh, model_cfg, objective, plan, hosts, tx, schedule,
-                 graphdef, state_sharding, abstract_state, batch)
+                 graphdef, state_sharding, abstract_state, batch, tile_size=tile_size)
 
 
 def compile_step(s: Setup, microbatches: int | None = None, model_cfg=None):
@@ -435,8 +437,13 @@ def unrolled_flops(s: Setup) -> float | None:
     (XLA gives no cost analysis there)."""
     if s.target.platform == "gpu":
         return None
-    cfg = s.model_cfg.replace(scan_layers=False, attention_impl="xla")
-    compiled, _ = compile_step(s, microbatches=1, model_cfg=cfg)
+    # a fresh setup: unrolled layers have another parameter layout than scanned ones
+    config = s.config.copy_and_resolve_references()
+    config.unlock()
+    config.model.scan_layers, config.model.attention_impl = False, "xla"
+    config.microbatches = 1
+    unrolled = build(config, s.target, s.tile_size, devices=list(s.mesh.devices.flat))
+    compiled, _ = compile_step(unrolled)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float(cost["flops"]) if cost and "flops" in cost else None
