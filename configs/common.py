@@ -38,8 +38,9 @@ def execution_defaults(size: str) -> dict:
     nano, tiny: float32, unrolled layers (CPU-friendly, seconds to compile).
     base, large: bfloat16 matmul inputs (float32 weights, residual stream, norms and
       losses) and scanned layers (one compiled block per stack: a pod compile takes
-      minutes, not tens of minutes). No rematerialisation: at the official global batch
-      (>= 512 samples) both fit with room to spare (base on 8 x H100: 38 GiB of 80).
+      minutes, not tens of minutes). No rematerialisation: at 532 samples per step base
+      needs 38.8 GiB of 80 per H100 (8 x H100), and on a v5p-8 (4 chips) 50.5 GiB of 95
+      with `microbatches=2` (116 GiB with one); large at 608 samples on a v5p-128 19 GiB.
     The attention kernel follows the compile target (model/attention.py).
     """
     if size in ("base", "large"):
