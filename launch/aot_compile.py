@@ -293,21 +293,15 @@ def build(config, target: Target, tile_size: int | None = None, devices=None) ->
                  graphdef, state_sharding, abstract_state, batch, tile_size=tile_size)
 
 
-def compile_step(s: Setup, microbatches: int | None = None, model_cfg=None):
+def compile_step(s: Setup, microbatches: int | None = None):
     """Lower and compile the train step; returns (compiled, seconds)."""
     import jax
 
     from spacenit_jax import sharding
-    from spacenit_jax.train import state as state_lib
     from spacenit_jax.train import step
 
-    model_cfg = s.model_cfg if model_cfg is None else model_cfg
     micro = s.config.microbatches if microbatches is None else microbatches
-    graphdef = s.graphdef
-    if model_cfg is not s.model_cfg:
-        graphdef, _ = state_lib.split_model(
-            state_lib.abstract_model(model_cfg, s.objective.model_kind))
-    fn = step.make_train_step(graphdef, model_cfg, s.objective, s.tx, s.schedule, micro,
+    fn = step.make_train_step(s.graphdef, s.model_cfg, s.objective, s.tx, s.schedule, micro,
                               mesh=s.mesh)
     state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                          s.abstract_state, s.state_sharding)
@@ -488,9 +482,7 @@ def main(argv) -> int:
             config.lock()
         else:
             compiled, secs = compile_step(s)
-        cpu_s, lower_s = s.compile_cpu_s, s.lower_s
-        extra = unrolled_flops(s) if FLAGS.unrolled_flops else None
-        s.compile_cpu_s, s.lower_s = cpu_s, lower_s
+        extra = unrolled_flops(s) if FLAGS.unrolled_flops else None  # its own Setup
     except MissingExtra as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -82,8 +82,8 @@ def main(argv=None) -> int:
         print(f"error: {cli.one_line(err)}", file=sys.stderr)
         return 2
     cli.print_notes(result.notes)
-    for reason, n in sorted(result.dropped.items()):
-        print(f"dropped: {reason}: {n}", file=sys.stderr)
+    cli.print_notes([f"{reason}: {n}" for reason, n in sorted(result.dropped.items())],
+                    "dropped")
     print(json.dumps(result.summary() | {"notes": len(result.notes)}))
     return 0
 

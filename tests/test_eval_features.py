@@ -173,13 +173,10 @@ def test_max_and_spatial_pooling_of_a_token_stream():
 
 
 def test_load_model_from_checkpoint(tmp_path):
-    from eval_tiny_model import run_config
+    from eval_tiny_model import tiny_workdir
 
-    from spacenit_jax.checkpoint import write_params_checkpoint
-
-    model = tiny_model()
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    write_params_checkpoint(tmp_path, params, run_config(), step=3)
+    tiny_workdir(tmp_path, step=3)
+    params = nnx.to_pure_dict(nnx.state(tiny_model(), nnx.Param))
     loaded = checkpoint.load_model(tmp_path)
     assert loaded.step == 3 and loaded.kind == "latent_predictor"
     assert loaded.cfg == tiny_config()
