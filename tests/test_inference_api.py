@@ -200,6 +200,14 @@ def test_nodata_and_nan_become_absent_tokens(model, raw):
     out = model.encode(img, bands=BANDS, nodata={"sentinel1": -1234.0})
     assert out.absent_tokens == {"sentinel2_l2a": 6, "sentinel1": 1, "srtm": 0}
     assert out.missing_pixels == {"sentinel2_l2a": 30, "sentinel1": 16, "srtm": 0}
+    # +-Inf is missing like NaN: the same patches, the same embeddings
+    inf = {k: v.copy() for k, v in img.items()}
+    inf["sentinel2_l2a"][:3, :10] = np.inf
+    inf["sentinel2_l2a"][0, 0] = -np.inf
+    out_inf = model.encode(inf, bands=BANDS, nodata={"sentinel1": -1234.0})
+    assert out_inf.absent_tokens == out.absent_tokens
+    assert out_inf.missing_pixels == out.missing_pixels
+    np.testing.assert_array_equal(out_inf["sentinel2_l2a"], out["sentinel2_l2a"])
     s2 = out["sentinel2_l2a"][:, :, 0]
     assert np.isnan(s2[0, :2]).all() and np.isfinite(s2[0, 2:]).all() and np.isfinite(s2[1:]).all()
     assert np.isnan(out["sentinel1"][2, 2]).all()
@@ -215,6 +223,13 @@ def test_nodata_and_nan_become_absent_tokens(model, raw):
     out3 = model.encode(img3, bands=BANDS)
     assert out3.absent_tokens["srtm"] == 16 and np.isnan(out3["srtm"]).all()
     assert np.isfinite(model.encode(img3, bands=BANDS, pooling="mean").embeddings).all()
+
+
+def test_patch_size_must_be_a_positive_integer(model, raw):
+    img = window(raw)
+    for bad in (0, -8, 2.5):
+        with pytest.raises(ValueError, match=f"patch_size must be a positive integer, got {bad!r}"):
+            model.encode(img, bands=BANDS, patch_size=bad)
 
 
 def test_same_rule_at_every_patch_size_with_explicit_crop_or_pad(model, raw):

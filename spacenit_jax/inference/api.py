@@ -263,12 +263,21 @@ class InferenceModel:
                 f"normalisation: {self.normalization.describe()})")
 
     # -- input -----------------------------------------------------------------------
+    def resolve_patch_size(self, patch_size: int | None) -> int:
+        """The patch size to use: the model's base size when None; ValueError unless a
+        positive integer."""
+        if patch_size is None:
+            return self.base_patch_size
+        if isinstance(patch_size, bool) or int(patch_size) != patch_size or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
+        return int(patch_size)
+
     def prepare(self, images: Mapping[str, np.ndarray], *, batched: bool = False,
                 bands=None, normalized: bool = False, units=None, nodata=None,
                 edge: str = "error", patch_size: int | None = None, check: bool = True):
         """Raw arrays -> (model input dict label -> (B, H, W, T, C) / (B, H, W, C) float32,
         missing pixel counts). See the module docstring for the rules and errors."""
-        p = self.base_patch_size if patch_size is None else int(patch_size)
+        p = self.resolve_patch_size(patch_size)
         if edge not in EDGES:
             raise ValueError(f"edge must be one of {EDGES}, got {edge!r}")
         if not isinstance(images, Mapping) or not images:
@@ -392,7 +401,7 @@ class InferenceModel:
             raise ValueError(f"pooling 'attention' needs a trained attention-pooling head; a "
                              f"{self.kind} model has none (only 'spatiotemporal' models do): "
                              f"use pooling='mean'")
-        p = self.base_patch_size if patch_size is None else int(patch_size)
+        p = self.resolve_patch_size(patch_size)
         if pooling == "spatial":
             grids = self._check_grid(prepared, p)
             if len(set(grids.values())) > 1:
@@ -431,7 +440,7 @@ class InferenceModel:
 
     def _encode(self, images, batched, patch_size, months, pooling, bands, normalized,
                 units, nodata, edge, gsd) -> Encoded:
-        p = self.base_patch_size if patch_size is None else int(patch_size)
+        p = self.resolve_patch_size(patch_size)
         prepared, missing = self.prepare(images, batched=batched, bands=bands,
                                          normalized=normalized, units=units, nodata=nodata,
                                          edge=edge, patch_size=p)

@@ -188,8 +188,9 @@ def linear_to_db(x: np.ndarray) -> np.ndarray:
 
 
 def missing_pixels(label: str, x: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(...,) bool over pixels: any band NaN, == nodata, or Sentinel-1's -32768."""
-    bad = np.isnan(x) if np.issubdtype(x.dtype, np.floating) else np.zeros(x.shape, bool)
+    """(...,) bool over pixels: any band not finite (NaN, +-Inf), == nodata, or
+    Sentinel-1's -32768."""
+    bad = ~np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else np.zeros(x.shape, bool)
     if nodata is not None and not np.isnan(nodata):
         bad |= x == nodata
     if label == "sentinel1":

@@ -106,7 +106,7 @@ def _embed_scene(model, inputs, out, patch_size, tile, overlap, batch, bands, s1
     t_start = time.perf_counter()
     if not isinstance(model, InferenceModel):
         model = load(model)
-    p = model.base_patch_size if patch_size is None else int(patch_size)
+    p = model.resolve_patch_size(patch_size)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     own_scene = not isinstance(inputs, geotiff.Scene)

@@ -302,7 +302,9 @@ class Trainer:
         if compilations > 1:
             raise RuntimeError(f"the train step was compiled {compilations} times in one run")
         summary.update(final_step=int(jax.device_get(state.step)),
-                       final_loss=counters.last_loss,
+                       # None (JSON null) when no step ran, e.g. resuming a finished run
+                       final_loss=(counters.last_loss if math.isfinite(counters.last_loss)
+                                   else None),
                        step_compilations=compilations,
                        nonfinite=int(jax.device_get(state.nonfinite)),
                        tokenless_batches=counters.tokenless_total,
